@@ -1,0 +1,26 @@
+"""Dataset registry: `config.dataset.name` -> a loader `(dataset_config, seed) -> Dataset`."""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import ml_collections
+
+from maasjax.config import check_name
+from maasjax.data.base import ArrayDataset, Dataset, DatasetInfo
+from maasjax.data import images
+
+DATASETS: dict[str, Callable[[ml_collections.ConfigDict, int], Dataset]] = {
+    'digits': images.load_digits,
+    **{name: functools.partial(images.load_tfds_images, name) for name in images.TFDS_IMAGE_DATASETS},
+}
+
+
+def register(name: str, loader: Callable[[ml_collections.ConfigDict, int], Dataset]) -> None:
+  DATASETS[name] = loader
+
+
+def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
+  name = config.dataset.name
+  check_name('dataset', name, DATASETS)
+  return DATASETS[name](config.dataset, int(config.seed))

@@ -1,0 +1,127 @@
+"""Dataset interface shared by every modality, and the in-memory array dataset.
+
+The training data order is a pure function of (seed, step): batch `s` holds the examples at
+global positions `s*B ... s*B+B-1` of an endless stream whose epoch `e` is the permutation
+`default_rng([seed, e])` of the training set. A run resumed at step `s` therefore sees exactly
+the batches an uninterrupted run would. Each host takes its own slice of the global batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+Batch = dict[str, Any]
+
+
+@dataclasses.dataclass
+class DatasetInfo:
+  """What the model, the loss and the exporter need to know about the data."""
+  name: str
+  task: str  # 'classification' (more tasks join with the model zoo)
+  input_shape: tuple[int, ...]  # one example's raw input, e.g. (28, 28, 1)
+  input_dtype: str  # raw dtype a client sends, e.g. 'uint8'
+  num_classes: int
+  label_names: list[str]
+  num_examples: dict[str, int]
+  # Preprocessing applied inside the model function (and so inside the exported graph):
+  # x -> (x - input_mean) / input_std, per channel.
+  input_mean: list[float] = dataclasses.field(default_factory=lambda: [0.0])
+  input_std: list[float] = dataclasses.field(default_factory=lambda: [1.0])
+  extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+class Dataset:
+  """A training stream addressed by step, plus finite, padded evaluation splits."""
+  info: DatasetInfo
+
+  def train_batch(self, step: int, batch_size: int, process_index: int = 0, process_count: int = 1) -> Batch:
+    raise NotImplementedError
+
+  def eval_batches(self, split: str, batch_size: int, process_index: int = 0,
+                   process_count: int = 1) -> Iterator[Batch]:
+    raise NotImplementedError
+
+  def splits(self) -> list[str]:
+    raise NotImplementedError
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def stream_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
+  """Indices into the training set of global batch `step` (a pure function of its arguments)."""
+  positions = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
+  epochs, offsets = positions // n, positions % n
+  out = np.empty(batch_size, dtype=np.int64)
+  for epoch in np.unique(epochs):
+    sel = epochs == epoch
+    out[sel] = epoch_permutation(seed, int(epoch), n)[offsets[sel]]
+  return out
+
+
+def host_slice(batch_size: int, process_index: int, process_count: int) -> slice:
+  if batch_size % process_count:
+    raise ValueError(f'batch size {batch_size} does not divide among {process_count} processes')
+  per_host = batch_size // process_count
+  return slice(process_index * per_host, (process_index + 1) * per_host)
+
+
+class ArrayDataset(Dataset):
+  """Whole splits held in host memory as numpy arrays keyed 'inputs', 'labels'."""
+
+  def __init__(self, info: DatasetInfo, splits: dict[str, dict[str, np.ndarray]], seed: int,
+               augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None):
+    self.info = info
+    self._splits = splits
+    self._seed = seed
+    self._augment = augment
+
+  def splits(self) -> list[str]:
+    return list(self._splits)
+
+  def split_arrays(self, split: str) -> dict[str, np.ndarray]:
+    return self._splits[split]
+
+  def train_batch(self, step, batch_size, process_index=0, process_count=1):
+    train = self._splits['train']
+    n = len(train['labels'])
+    idx = stream_indices(self._seed, step, batch_size, n)[host_slice(batch_size, process_index, process_count)]
+    batch = {k: v[idx] for k, v in train.items()}
+    if self._augment is not None:
+      # Augmentation randomness is also a pure function of (seed, step, host).
+      rng = np.random.default_rng([self._seed, step, process_index, 7])
+      batch['inputs'] = self._augment(batch['inputs'], rng)
+    return batch
+
+  def eval_batches(self, split, batch_size, process_index=0, process_count=1):
+    arrays = self._splits[split]
+    n = len(arrays['labels'])
+    local = host_slice(batch_size, process_index, process_count)
+    for start in range(0, n, batch_size):
+      stop = min(start + batch_size, n)
+      batch = {}
+      for k, v in arrays.items():
+        pad = np.zeros((batch_size - (stop - start),) + v.shape[1:], v.dtype)
+        batch[k] = np.concatenate([v[start:stop], pad])[local]
+      mask = np.zeros(batch_size, np.float32)
+      mask[:stop - start] = 1.0
+      batch['mask'] = mask[local]
+      yield batch
+
+
+def seeded_split(n: int, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+  """Splits range(n) into named, disjoint index sets by a seeded permutation (last name takes the rest)."""
+  perm = np.random.default_rng(seed).permutation(n)
+  out, start = {}, 0
+  names = list(fractions)
+  for i, name in enumerate(names):
+    stop = n if i == len(names) - 1 else start + int(round(fractions[name] * n))
+    out[name] = np.sort(perm[start:stop])
+    start = stop
+  return out

@@ -1,0 +1,131 @@
+"""Image classification data: scikit-learn's embedded digits (offline default) and tfds datasets.
+
+Raw inputs are kept as the dataset stores them (uint8 pixels for tfds, 0..16 intensities for
+digits); normalisation is recorded in `DatasetInfo` and applied inside the model function so
+that an exported model takes the raw pixels a client has.
+"""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+import numpy as np
+
+from maasjax.config import ConfigError
+from maasjax.data.base import ArrayDataset, DatasetInfo, seeded_split
+
+TFDS_IMAGE_DATASETS = ('mnist', 'fashion_mnist', 'cifar10')
+
+
+def make_augment(aug: ml_collections.ConfigDict | None):
+  """Random shift (zero pad + crop) and horizontal flip, from config.dataset.augment."""
+  if aug is None:
+    return None
+  shift = int(aug.get('random_shift', 0) or 0)
+  flip = bool(aug.get('horizontal_flip', False))
+  if shift < 0:
+    raise ConfigError(f'config.dataset.augment.random_shift={shift}: expected an integer >= 0')
+  if not shift and not flip:
+    return None
+
+  def augment(x_BxHxWxC: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    b, h, w, _ = x_BxHxWxC.shape
+    out = x_BxHxWxC
+    if shift:
+      padded = np.pad(x_BxHxWxC, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
+      dy = rng.integers(0, 2 * shift + 1, size=b)
+      dx = rng.integers(0, 2 * shift + 1, size=b)
+      rows = dy[:, None] + np.arange(h)[None, :]
+      cols = dx[:, None] + np.arange(w)[None, :]
+      out = padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    if flip:
+      flips = rng.random(b) < 0.5
+      out = np.where(flips[:, None, None, None], out[:, :, ::-1], out)
+    return out
+
+  return augment
+
+
+def _norm_stats(x_train: np.ndarray, mode: str, max_value: float) -> tuple[list[float], list[float]]:
+  if mode == 'standard':  # per channel mean/std of the training split
+    axes = tuple(range(x_train.ndim - 1))
+    mean = x_train.astype(np.float64).mean(axis=axes)
+    std = x_train.astype(np.float64).std(axis=axes) + 1e-6
+    return [float(v) for v in mean], [float(v) for v in std]
+  if mode == 'scale':  # to [0, 1]
+    c = x_train.shape[-1]
+    return [0.0] * c, [float(max_value)] * c
+  if mode == 'none':
+    c = x_train.shape[-1]
+    return [0.0] * c, [1.0] * c
+  raise ConfigError(f'config.dataset.normalize={mode!r}: expected one of standard, scale, none')
+
+
+def _build(name: str, x: dict[str, np.ndarray], y: dict[str, np.ndarray], label_names: list[str],
+           cfg: ml_collections.ConfigDict, seed: int, max_value: float) -> ArrayDataset:
+  mean, std = _norm_stats(x['train'], cfg.get('normalize', 'standard'), max_value)
+  info = DatasetInfo(
+      name=name, task='classification', input_shape=tuple(int(d) for d in x['train'].shape[1:]),
+      input_dtype=str(x['train'].dtype), num_classes=len(label_names), label_names=label_names,
+      num_examples={k: int(len(v)) for k, v in y.items()}, input_mean=mean, input_std=std)
+  splits = {k: {'inputs': x[k], 'labels': y[k].astype(np.int32)} for k in x}
+  return ArrayDataset(info, splits, seed=seed, augment=make_augment(cfg.get('augment')))
+
+
+def load_digits(cfg: ml_collections.ConfigDict, seed: int) -> ArrayDataset:
+  """scikit-learn's bundled 8x8 digits (1,797 images): a fixed, seeded train/validation/test split."""
+  from sklearn.datasets import load_digits as sk_load_digits
+  data = sk_load_digits()
+  images = data.images.astype(np.float32)[..., None]  # (1797, 8, 8, 1), values 0..16
+  labels = data.target.astype(np.int32)
+  val, test = float(cfg.get('validation_fraction', 0.1)), float(cfg.get('test_fraction', 0.2))
+  if not (0 < test < 1 and 0 <= val < 1 and val + test < 1):
+    raise ConfigError(f'config.dataset: validation_fraction={val}, test_fraction={test}; expected fractions in '
+                      '(0, 1) that sum to less than 1')
+  # The split seed is fixed (not config.seed) so that every run is scored on the same test set.
+  idx = seeded_split(len(labels), {'test': test, 'validation': val, 'train': 1 - val - test},
+                     seed=int(cfg.get('split_seed', 0)))
+  x = {k: images[idx[k]] for k in ('train', 'validation', 'test')}
+  y = {k: labels[idx[k]] for k in ('train', 'validation', 'test')}
+  return _build('digits', x, y, [str(i) for i in range(10)], cfg, seed, max_value=16.0)
+
+
+def _missing_dataset_message(name: str, data_dir: str | None, error: Exception) -> str:
+  where = data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
+  return (f'dataset {name!r} is not prepared in data_dir {where!r} and could not be downloaded '
+          f'({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}). '
+          f'Prepare it on a machine with network access with\n'
+          f'  python -m tensorflow_datasets.scripts.download_and_prepare --datasets={name} --data_dir={where}\n'
+          f'then copy that folder here and pass --config.dataset.data_dir={where} '
+          f'(or use the embedded default: --config experiments/digits_cnn.py)')
+
+
+def load_tfds_split(name: str, split: str, data_dir: str | None, download: bool):
+  """Loads one whole split as numpy via tfds, or raises ConfigError saying how to prepare it."""
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    if download:
+      builder.download_and_prepare()
+    ds = builder.as_dataset(split=split, batch_size=-1, as_supervised=False)
+    return builder.info, tfds.as_numpy(ds)
+  except ConfigError:
+    raise
+  except Exception as e:  # tfds raises assorted types (AssertionError, DatasetNotFoundError, OSError)
+    raise ConfigError(_missing_dataset_message(name, data_dir, e)) from e
+
+
+def load_tfds_images(name: str, cfg: ml_collections.ConfigDict, seed: int) -> ArrayDataset:
+  """A tfds image dataset with a seeded validation split carved from its train split."""
+  data_dir = cfg.get('data_dir') or None
+  download = bool(cfg.get('download', False))
+  info, train = load_tfds_split(name, 'train', data_dir, download)
+  _, test = load_tfds_split(name, 'test', data_dir, False)
+  x_train, y_train = np.asarray(train['image']), np.asarray(train['label'])
+  val_fraction = float(cfg.get('validation_fraction', 0.1))
+  idx = seeded_split(len(y_train), {'validation': val_fraction, 'train': 1 - val_fraction},
+                     seed=int(cfg.get('split_seed', 0)))
+  x = {'train': x_train[idx['train']], 'validation': x_train[idx['validation']], 'test': np.asarray(test['image'])}
+  y = {'train': y_train[idx['train']], 'validation': y_train[idx['validation']], 'test': np.asarray(test['label'])}
+  label_names = list(info.features['label'].names)
+  return _build(name, x, y, label_names, cfg, seed, max_value=255.0)

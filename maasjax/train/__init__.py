@@ -1,0 +1,1 @@
+"""Training: state, pure steps, tasks, checkpointing and the loop."""

@@ -1,0 +1,99 @@
+"""Orbax checkpoints of the train state: periodic, async, keep-K, restore onto any mesh.
+
+Orbax writes each step into a temporary directory and renames it only once complete, so a
+checkpoint cut short by a kill is never listed, and the previous complete one is restored.
+The state is saved as a plain nested dict (`flax.serialization.to_state_dict`) and restored
+into a target whose leaves carry the *current* shardings, so a checkpoint moves between meshes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import flax
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from maasjax.config import ConfigError
+
+# Config sections that decide the shapes in the state: a workdir trained with other values
+# cannot be resumed or evaluated with these.
+STRUCTURAL_KEYS = ('model', 'dataset.name', 'optimizer.name', 'optimizer.grad_accum_steps')
+
+
+def _get(config: dict, dotted: str):
+  node = config
+  for part in dotted.split('.'):
+    if not isinstance(node, dict) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def structural_diff(saved: dict, current: dict) -> list[str]:
+  diffs = []
+  for key in STRUCTURAL_KEYS:
+    a, b = _get(saved, key), _get(current, key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      for sub in sorted(set(a) | set(b)):
+        if json.dumps(a.get(sub), sort_keys=True) != json.dumps(b.get(sub), sort_keys=True):
+          diffs.append(f'{key}.{sub}: checkpoint has {a.get(sub)!r}, config has {b.get(sub)!r}')
+    elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+      diffs.append(f'{key}: checkpoint has {a!r}, config has {b!r}')
+  return diffs
+
+
+def config_path(workdir: str) -> str:
+  return os.path.join(workdir, 'config.json')
+
+
+def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses a workdir whose recorded config would not fit this one's state."""
+  path = config_path(workdir)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  current = json.loads(config.to_json_best_effort())
+  diffs = structural_diff(saved, current)
+  if diffs:
+    raise ConfigError(f'workdir {workdir!r} holds checkpoints from an incompatible config:\n  ' +
+                      '\n  '.join(diffs) + '\nuse a new --workdir, or the config that trained it')
+
+
+class Checkpointer:
+  def __init__(self, workdir: str, every_steps: int, keep: int, async_save: bool = True):
+    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(1, every_steps), max_to_keep=keep if keep > 0 else None,
+        enable_async_checkpointing=async_save, create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, force: bool = False) -> bool:
+    return self.manager.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+                             force=force)
+
+  def restore(self, abstract_state, step: int | None = None):
+    """Restores `step` (default: latest complete) into the structure and shardings of `abstract_state`."""
+    step = self.manager.latest_step() if step is None else step
+    if step is None:
+      return None
+    target = flax.serialization.to_state_dict(abstract_state)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+    except (ValueError, KeyError, TypeError) as e:
+      raise ConfigError(f'checkpoint {self.directory}/{step} does not fit this config\'s model and optimizer '
+                        f'({str(e).splitlines()[0][:300]}); use a new --workdir, or the config that trained it') from e
+    return flax.serialization.from_state_dict(abstract_state, restored)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,92 @@
+"""Tasks: how a batch goes through a model, and the loss and metrics it is scored by.
+
+A task is pure: `forward` calls the model on a batch, `loss_and_sums` turns outputs into a
+scalar loss plus per-batch metric *sums* (with a 'count'), so evaluation over padded batches
+and over many hosts is exact: metrics = sums / count.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from maasjax.config import check_name
+from maasjax.data.base import DatasetInfo
+
+
+def preprocess_inputs(x, info: DatasetInfo):
+  """Raw client input -> model input: cast and per-channel normalise (inside jit and the export)."""
+  x = jnp.asarray(x).astype(jnp.float32)
+  mean = jnp.asarray(info.input_mean, jnp.float32)
+  std = jnp.asarray(info.input_std, jnp.float32)
+  shape = (1,) * (x.ndim - 1) + (mean.shape[0],)
+  return (x - jnp.reshape(mean, shape)) / jnp.reshape(std, shape)
+
+
+class Task:
+  """Base class; subclasses set `name` and implement the three methods."""
+  name = ''
+  # Metric names reported as (sum / count), e.g. 'loss', 'accuracy'.
+  metric_names: tuple[str, ...] = ()
+
+  def __init__(self, info: DatasetInfo):
+    self.info = info
+
+  def example_inputs(self, batch_size: int = 1) -> Any:
+    """Raw inputs of the dataset's shape and dtype, for init and tracing."""
+    return jnp.zeros((batch_size,) + tuple(self.info.input_shape), self.info.input_dtype)
+
+  def init_variables(self, model, rngs) -> dict[str, Any]:
+    """The model's variables, initialised on one example batch."""
+    return self.forward(model, None, self.example_batch(1), train=False, rngs=rngs, init=True)
+
+  def example_batch(self, batch_size: int = 1) -> dict[str, Any]:
+    return {'inputs': self.example_inputs(batch_size)}
+
+  def forward(self, model, variables, batch, train: bool, rngs=None, mutable=False, init=False):
+    """Runs the model on a batch: `model.init` when `init`, else `model.apply`."""
+    raise NotImplementedError
+
+  def loss_and_sums(self, outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    raise NotImplementedError
+
+  def finalize(self, sums: dict[str, Any]) -> dict[str, float]:
+    count = max(float(sums['count']), 1.0)
+    return {name: float(sums[name]) / count for name in self.metric_names}
+
+
+class Classification(Task):
+  """Softmax cross-entropy over integer labels; optional 'mask' weights padded examples out."""
+  name = 'classification'
+  metric_names = ('loss', 'accuracy')
+
+  def forward(self, model, variables, batch, train, rngs=None, mutable=False, init=False):
+    x = preprocess_inputs(batch['inputs'], self.info)
+    if init:
+      return model.init(rngs, x, train=train)
+    return model.apply(variables, x, train=train, rngs=rngs, mutable=mutable)
+
+  def loss_and_sums(self, logits_BxC, batch):
+    labels_B = batch['labels']
+    mask_B = batch.get('mask', jnp.ones(labels_B.shape, jnp.float32))
+    loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B)
+    correct_B = (jnp.argmax(logits_BxC, axis=-1) == labels_B).astype(jnp.float32)
+    count = jnp.sum(mask_B)
+    sums = {'loss': jnp.sum(loss_B * mask_B), 'accuracy': jnp.sum(correct_B * mask_B), 'count': count}
+    return sums['loss'] / jnp.maximum(count, 1.0), sums
+
+
+TASKS: dict[str, Callable[[DatasetInfo], Task]] = {
+    'classification': Classification,
+}
+
+
+def register(name: str, factory: Callable[[DatasetInfo], Task]) -> None:
+  TASKS[name] = factory
+
+
+def get_task(info: DatasetInfo) -> Task:
+  check_name('task', info.task, TASKS)
+  return TASKS[info.task](info)
