@@ -11,15 +11,21 @@ from maasjax.config import ConfigError, load_config, split_overrides
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
 
+# Modules that define more subcommands with `@command(...)` (imported lazily by build_parser).
+# Each area adds its own module here: one line, so parallel work does not collide.
+COMMAND_MODULES: list[str] = [
+]
+
 
 class _Parser(argparse.ArgumentParser):
   def error(self, message):  # argparse's own errors: one line, exit 2 (its default too)
     raise ConfigError(f'{self.prog}: {message}')
 
 
-def command(name: str, help_text: str):
+def command(name: str, help_text: str, add_args: Callable[[argparse.ArgumentParser], None] | None = None):
+  """Registers `fn(args, overrides)` as `maasjax NAME`; `add_args(parser)` declares its flags."""
   def wrap(fn):
-    COMMANDS[name] = (help_text, getattr(fn, '_add_args', lambda p: None), fn)
+    COMMANDS[name] = (help_text, add_args or (lambda p: None), fn)
     return fn
   return wrap
 
@@ -30,10 +36,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
   p.add_argument('--workdir', required=True, help='directory for checkpoints, metrics, summaries')
 
 
-def _train_args(p):
-  add_config_args(p)
-
-
+@command('train', 'train (resuming from the workdir), evaluate, write summary.json', add_config_args)
 def cmd_train(args, overrides):
   from maasjax.train.loop import train_and_evaluate
   config = load_config(args.config, overrides)
@@ -44,15 +47,13 @@ def cmd_train(args, overrides):
   print(f'wrote {os.path.join(args.workdir, "summary.json")} and {os.path.join(args.workdir, "learning_curves.png")}')
 
 
-cmd_train._add_args = _train_args
-command('train', 'train (resuming from the workdir), evaluate, write summary.json')(cmd_train)
-
 
 def _eval_args(p):
   add_config_args(p)
   p.add_argument('--split', default='test', help='split to evaluate (default: test)')
 
 
+@command('eval', 'evaluate the latest checkpoint of a workdir on the test split', _eval_args)
 def cmd_eval(args, overrides):
   from maasjax.train.loop import evaluate
   config = load_config(args.config, overrides)
@@ -60,11 +61,11 @@ def cmd_eval(args, overrides):
   print(json.dumps(metrics, indent=2))
 
 
-cmd_eval._add_args = _eval_args
-command('eval', 'evaluate the latest checkpoint of a workdir on the test split')(cmd_eval)
-
 
 def build_parser() -> argparse.ArgumentParser:
+  import importlib
+  for module in COMMAND_MODULES:
+    importlib.import_module(module)
   parser = _Parser(prog='maasjax', description='maasjax: config -> train -> evaluate -> export -> serve')
   sub = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
   for name, (help_text, add_args, _) in COMMANDS.items():

@@ -200,9 +200,9 @@ def save_run_files(workdir: str, exp: Experiment) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from the workdir's latest checkpoint), evaluates, writes summary.json."""
   t0 = time.time()
+  exp = setup(config)  # validates names and settings before anything is written
   os.makedirs(workdir, exist_ok=True)
   ckpt_lib.check_workdir_config(workdir, config)
-  exp = setup(config)
   is_main = jax.process_index() == 0
   checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
                                        bool(config.checkpoint.get('async_save', True)))
@@ -276,8 +276,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def restore_latest(config: ml_collections.ConfigDict, workdir: str, step: int | None = None
                    ) -> tuple[Experiment, TrainState, int]:
   """The experiment and its state at the workdir's latest (or given) checkpoint."""
-  ckpt_lib.check_workdir_config(workdir, config)
   exp = setup(config)
+  ckpt_lib.check_workdir_config(workdir, config)
   checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep, False)
   try:
     state = checkpointer.restore(exp.steps.abstract_state, step)
