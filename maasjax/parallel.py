@@ -72,9 +72,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def global_batch(mesh: Mesh, local_batch: Any) -> Any:
-  """Host-local numpy batch (this process's rows) -> global jax arrays sharded over the batch axes."""
-  sharding = batch_sharding(mesh)
+def global_batch(mesh: Mesh, local_batch: Any, sharding: NamedSharding | None = None) -> Any:
+  """Host-local numpy batch (this process's rows) -> global jax arrays sharded over the batch axes.
+
+  With a replicated `sharding` every process passes the whole batch.
+  """
+  sharding = sharding or batch_sharding(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
 
 

@@ -74,8 +74,9 @@ def setup(config: ml_collections.ConfigDict, dataset: Dataset | None = None) -> 
   tx = optim.make_optimizer(config)
   mesh = parallel.create_mesh(config.mesh)
   multiple = parallel.batch_size_multiple(mesh) * 1
+  task_shards_batch = not task.replicate_batch
   for key in ('batch_size', 'eval_batch_size'):
-    if config[key] % multiple:
+    if task_shards_batch and config[key] % multiple:
       raise ConfigError(f'config.{key}={config[key]} must be a multiple of the {multiple} devices on the batch '
                         f'axes of config.mesh={dict(mesh.shape)}')
   steps = compile_steps(model, task, tx, int(config.seed), mesh, parallel.sharding_rules(config))
@@ -84,13 +85,16 @@ def setup(config: ml_collections.ConfigDict, dataset: Dataset | None = None) -> 
 
 def evaluate_split(exp: Experiment, state: TrainState, split: str, prefix: str | None = None) -> dict[str, float]:
   """Exact metrics of `state` on a whole split (padded batches are masked out)."""
-  totals = None
+  totals, examples = None, []
   for local in exp.dataset.eval_batches(split, exp.config.eval_batch_size, jax.process_index(), jax.process_count()):
-    sums = exp.steps.eval_step(state, parallel.global_batch(exp.mesh, local))
+    sums = dict(exp.steps.eval_step(state, parallel.global_batch(exp.mesh, local, exp.steps.batch_sharding)))
+    if 'examples' in sums:  # per-example outputs for metrics that are not sums (e.g. mean average precision)
+      examples.append(jax.device_get(sums.pop('examples')))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:
     raise ConfigError(f'split {split!r} of dataset {exp.dataset.info.name!r} is empty')
-  metrics = exp.task.finalize(jax.device_get(totals))
+  gathered = jax.tree.map(lambda *xs: np.concatenate(xs), *examples) if examples else None
+  metrics = exp.task.finalize(jax.device_get(totals), gathered)
   prefix = prefix or split
   return {f'{prefix}/{k}': v for k, v in metrics.items()}
 
@@ -128,7 +132,8 @@ class _Log:
       f.write(json.dumps({'step': step, **metrics}) + '\n')
     self.writer.write_scalars(step, metrics)
     shown = {k.split('/', 1)[-1] if k.startswith('train/') else k: f'{v:.4g}' for k, v in metrics.items()
-             if k in ('train/loss', 'train/accuracy', 'eval/loss', 'eval/accuracy', 'train/steps_per_second')}
+             if k.split('/', 1)[-1] in ('loss', 'accuracy', 'exact_match', 'perplexity', 'mean_average_precision')
+             or k == 'train/steps_per_second'}
     if self.bar is not None:
       self.bar.set_postfix(shown, refresh=False)
     else:
@@ -220,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   try:
     for step in range(start_step, num_steps):
       local = exp.dataset.train_batch(step, config.batch_size, jax.process_index(), jax.process_count())
-      state, sums = exp.steps.train_step(state, parallel.global_batch(exp.mesh, local))
+      state, sums = exp.steps.train_step(state, parallel.global_batch(exp.mesh, local, exp.steps.batch_sharding))
       pending.append(sums)
       done = step + 1
       if steady_start is None and done - start_step == 1:

@@ -44,8 +44,7 @@ def make_eval_step(model, task):
   def eval_step(state: TrainState, batch) -> dict[str, jax.Array]:
     variables = {'params': state.params, **state.model_state}
     outputs = task.forward(model, variables, batch, train=False)
-    _, sums = task.loss_and_sums(outputs, batch)
-    return sums
+    return task.eval_sums(outputs, batch)
   return eval_step
 
 
@@ -58,6 +57,7 @@ class CompiledSteps:
   init: Callable[[], TrainState]
   train_step: Callable[[TrainState, Any], tuple[TrainState, dict]]
   eval_step: Callable[[TrainState, Any], dict]
+  batch_sharding: NamedSharding = None  # where a global batch goes (sharded, or replicated by the task)
 
 
 def compile_steps(model, task, tx, seed: int, mesh: Mesh, rules=()) -> CompiledSteps:
@@ -66,10 +66,10 @@ def compile_steps(model, task, tx, seed: int, mesh: Mesh, rules=()) -> CompiledS
   shapes = jax.eval_shape(init_fn)
   shardings = state_shardings(shapes, mesh, rules)
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-  batch_sh = parallel.batch_sharding(mesh)
   rep = NamedSharding(mesh, P())
+  batch_sh = rep if task.replicate_batch else parallel.batch_sharding(mesh)
   init = jax.jit(init_fn, out_shardings=shardings)
   train_step = jax.jit(make_train_step(model, task, tx, seed), in_shardings=(shardings, batch_sh),
                        out_shardings=(shardings, rep), donate_argnums=0)
   eval_step = jax.jit(make_eval_step(model, task), in_shardings=(shardings, batch_sh), out_shardings=rep)
-  return CompiledSteps(mesh, abstract, shardings, init, train_step, eval_step)
+  return CompiledSteps(mesh, abstract, shardings, init, train_step, eval_step, batch_sh)

@@ -30,6 +30,9 @@ class Task:
   name = ''
   # Metric names reported as (sum / count), e.g. 'loss', 'accuracy'.
   metric_names: tuple[str, ...] = ()
+  # True when a batch cannot be split along axis 0 (a padded GraphsTuple, a whole graph): it is
+  # then replicated on every device instead of sharded over the mesh's batch axes.
+  replicate_batch = False
 
   def __init__(self, info: DatasetInfo):
     self.info = info
@@ -52,7 +55,12 @@ class Task:
   def loss_and_sums(self, outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     raise NotImplementedError
 
-  def finalize(self, sums: dict[str, Any]) -> dict[str, float]:
+  def eval_sums(self, outputs, batch) -> dict[str, jax.Array]:
+    """Evaluation sums; a task may add 'examples' (per-example arrays gathered, not summed)."""
+    return self.loss_and_sums(outputs, batch)[1]
+
+  def finalize(self, sums: dict[str, Any], examples: dict[str, Any] | None = None) -> dict[str, float]:
+    """Metrics from the summed values; `examples` holds a whole split's gathered 'examples'."""
     count = max(float(sums['count']), 1.0)
     return {name: float(sums[name]) / count for name in self.metric_names}
 
@@ -90,3 +98,7 @@ def register(name: str, factory: Callable[[DatasetInfo], Task]) -> None:
 def get_task(info: DatasetInfo) -> Task:
   check_name('task', info.task, TASKS)
   return TASKS[info.task](info)
+
+
+# Task families in their own files register themselves (imported last: they subclass Task).
+from maasjax.train import graph_tasks, sequence_tasks  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""Graph tasks: node classification (transductive), graph classification, multi-label graphs."""

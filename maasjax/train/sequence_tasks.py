@@ -1,0 +1,1 @@
+"""Sequence tasks: language modelling, seq2seq and token sequence classification."""
