@@ -107,8 +107,13 @@ def load_tfds_split(name: str, split: str, data_dir: str | None, download: bool)
     builder = tfds.builder(name, data_dir=data_dir)
     if download:
       builder.download_and_prepare()
-    ds = builder.as_dataset(split=split, batch_size=-1, as_supervised=False)
-    return builder.info, tfds.as_numpy(ds)
+    # Batch and concatenate rather than batch_size=-1, which aborts the process under
+    # tfds.testing.mock_data in tensorflow 2.21 (std::length_error in the generator op).
+    ds = builder.as_dataset(split=split, shuffle_files=False).batch(4096)
+    parts = list(tfds.as_numpy(ds))
+    if not parts:
+      raise ConfigError(f'split {split!r} of tfds dataset {name!r} is empty')
+    return builder.info, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   except ConfigError:
     raise
   except Exception as e:  # tfds raises assorted types (AssertionError, DatasetNotFoundError, OSError)

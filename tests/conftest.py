@@ -1,0 +1,45 @@
+"""Shared test setup: strict JAX flags, the repo root on sys.path, small helpers.
+
+Each area may add fixtures below; keep them independent of each other.
+"""
+import os
+import sys
+
+import jax
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+# Catch silent broadcasting bugs: every implicit rank promotion is an error in tests.
+jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+
+def experiment_config(name: str, **overrides):
+  """Loads experiments/<name>.py and applies dotted overrides, e.g. num_train_steps=5."""
+  from maasjax.config import load_config
+  config = load_config(os.path.join(ROOT, 'experiments', f'{name}.py'))
+  for key, value in overrides.items():
+    node = config
+    parts = key.split('.')
+    for part in parts[:-1]:
+      node = node[part]
+    with node.unlocked():
+      node[parts[-1]] = value
+  config.progress_bar = False
+  return config
+
+
+@pytest.fixture
+def config_factory():
+  return experiment_config
+
+
+def run_cli(*args, env=None, timeout=600, cwd=ROOT):
+  """Runs `python -m maasjax.cli ARGS` in a subprocess; returns CompletedProcess (text)."""
+  import subprocess
+  full_env = dict(os.environ)
+  full_env.update(env or {})
+  return subprocess.run([sys.executable, '-m', 'maasjax.cli', *args], cwd=cwd, env=full_env,
+                        capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,92 @@
+"""Optimizers and schedules from config: every name trains, schedules have the right shape."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from maasjax.config import ConfigError
+from maasjax.optim import OPTIMIZERS, make_optimizer, make_schedule
+from maasjax.defaults import base_config
+
+
+def _config(**opt):
+  c = base_config()
+  c.num_train_steps = 100
+  for k, v in opt.items():
+    c.optimizer[k] = v
+  return c
+
+
+def _quadratic_descent(tx, steps=100):
+  target = jnp.arange(4.0)
+  params = {'w': jnp.zeros(4)}
+  loss = lambda p: jnp.sum((p['w'] - target) ** 2)
+
+  def step(carry, _):
+    params, state = carry
+    updates, state = tx.update(jax.grad(loss)(params), state, params)
+    return (optax.apply_updates(params, updates), state), None
+
+  (final, _), _ = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), None, length=steps))(params)
+  return float(loss(params)), float(loss(final))
+
+
+@pytest.mark.parametrize('name', OPTIMIZERS)
+@pytest.mark.parametrize('schedule', ['constant', 'cosine', 'linear'])
+def test_every_optimizer_and_schedule_descends(name, schedule):
+  lr = {'sgd': 0.1, 'momentum': 0.05, 'nesterov': 0.05, 'adagrad': 0.5}.get(name, 0.05)
+  tx = make_optimizer(_config(name=name, learning_rate=lr, schedule=schedule, warmup_steps=5,
+                              weight_decay=0.0))
+  first, last = _quadratic_descent(tx)
+  assert last < 0.2 * first
+
+
+def test_warmup_then_cosine_values():
+  sched = make_schedule(_config(learning_rate=1.0, schedule='cosine', warmup_steps=10).optimizer, 110)
+  assert float(sched(0)) == 0.0
+  assert abs(float(sched(5)) - 0.5) < 1e-6
+  assert abs(float(sched(10)) - 1.0) < 1e-6
+  assert abs(float(sched(60)) - 0.5) < 1e-6  # half way through the cosine
+  assert float(sched(110)) < 1e-6
+
+
+def test_clipping_bounds_the_update():
+  tx = make_optimizer(_config(name='sgd', learning_rate=1.0, schedule='constant', warmup_steps=0,
+                              grad_clip_norm=0.5, weight_decay=0.0))
+  params = {'w': jnp.zeros(3)}
+  updates, _ = tx.update({'w': jnp.array([30.0, 40.0, 0.0])}, tx.init(params), params)
+  assert abs(float(optax.global_norm(updates)) - 0.5) < 1e-6
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+  # Two micro-batch gradients accumulated == one step on their mean (what a 2x batch gives).
+  c = _config(name='sgd', learning_rate=0.1, schedule='constant', warmup_steps=0, weight_decay=0.0,
+              grad_accum_steps=2)
+  tx_acc = make_optimizer(c)
+  c.optimizer.grad_accum_steps = 1
+  tx_one = make_optimizer(c)
+  params = {'w': jnp.ones(3)}
+  g1, g2 = {'w': jnp.array([1.0, 2.0, 3.0])}, {'w': jnp.array([3.0, 0.0, -1.0])}
+  state = tx_acc.init(params)
+  u1, state = tx_acc.update(g1, state, params)
+  p1 = optax.apply_updates(params, u1)
+  np.testing.assert_array_equal(p1['w'], params['w'])  # no update until k micro-steps
+  u2, state = tx_acc.update(g2, state, p1)
+  p_acc = optax.apply_updates(p1, u2)
+  u, _ = tx_one.update(jax.tree.map(lambda a, b: (a + b) / 2, g1, g2), tx_one.init(params), params)
+  np.testing.assert_allclose(p_acc['w'], optax.apply_updates(params, u)['w'], rtol=1e-6)
+
+
+@pytest.mark.parametrize('opt,match', [
+    ({'name': 'lamb'}, "unknown optimizer 'lamb'.*known optimizers: adagrad, adam, adamw"),
+    ({'schedule': 'step'}, "unknown schedule 'step'"),
+    ({'learning_rate': -1.0}, 'learning_rate=-1.0: expected a positive number'),
+    ({'warmup_steps': -1}, 'warmup_steps=-1'),
+    ({'grad_accum_steps': 0}, 'grad_accum_steps=0'),
+    ({'grad_clip_norm': -1.0}, 'grad_clip_norm=-1.0'),
+])
+def test_bad_optimizer_settings(opt, match):
+  with pytest.raises(ConfigError, match=match):
+    make_optimizer(_config(**opt))
