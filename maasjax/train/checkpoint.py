@@ -64,11 +64,15 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> Non
 
 
 class Checkpointer:
-  def __init__(self, workdir: str, every_steps: int, keep: int, async_save: bool = True):
+  def __init__(self, workdir: str, every_steps: int, keep: int, async_save: bool = True,
+               read_only: bool = False):
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    if read_only and not os.path.isdir(self.directory):
+      raise ConfigError(f'workdir {workdir!r} has no checkpoint to evaluate; train first with '
+                        f'maasjax train --config ... --workdir {workdir}')
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(1, every_steps), max_to_keep=keep if keep > 0 else None,
-        enable_async_checkpointing=async_save, create=True)
+        enable_async_checkpointing=async_save, create=not read_only, read_only=read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from maasjax import optim, parallel
+from maasjax import distributed, optim, parallel, sharding
 from maasjax.config import ConfigError, require
 from maasjax.data import Dataset, load_dataset
 from maasjax.models import build_model
@@ -68,6 +68,7 @@ def model_extra_fields(info) -> dict[str, Any]:
 
 def setup(config: ml_collections.ConfigDict, dataset: Dataset | None = None) -> Experiment:
   validate(config)
+  distributed.initialize(config)  # multi-host: before anything touches a device
   dataset = dataset or load_dataset(config)
   task = get_task(dataset.info)
   model = build_model(config, **model_extra_fields(dataset.info))
@@ -79,7 +80,7 @@ def setup(config: ml_collections.ConfigDict, dataset: Dataset | None = None) -> 
     if task_shards_batch and config[key] % multiple:
       raise ConfigError(f'config.{key}={config[key]} must be a multiple of the {multiple} devices on the batch '
                         f'axes of config.mesh={dict(mesh.shape)}')
-  steps = compile_steps(model, task, tx, int(config.seed), mesh, parallel.sharding_rules(config))
+  steps = compile_steps(model, task, tx, int(config.seed), mesh, sharding.plan(config))
   return Experiment(config, dataset, task, model, tx, mesh, steps)
 
 
@@ -283,7 +284,8 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str, step: int | 
   """The experiment and its state at the workdir's latest (or given) checkpoint."""
   exp = setup(config)
   ckpt_lib.check_workdir_config(workdir, config)
-  checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep, False)
+  checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep, False,
+                                       read_only=True)
   try:
     state = checkpointer.restore(exp.steps.abstract_state, step)
   finally:
