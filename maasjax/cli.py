@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 # Modules that define more subcommands with `@command(...)` (imported lazily by build_parser).
 # Each area adds its own module here: one line, so parallel work does not collide.
 COMMAND_MODULES: list[str] = [
+    'maasjax.export.commands',
 ]
 
 

@@ -1,0 +1,179 @@
+"""`export_workdir`: checkpoint -> jax2tf SavedModel (orbax-export) -> parity check in plain TF -> `OUT/NAME/VERSION/`.
+
+The version is written into a hidden temporary folder and renamed into place only after the
+parity check passes, so a server watching OUT never sees a half-written or failing version.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata as pkg_metadata
+from typing import Any
+
+import numpy as np
+
+from maasjax.config import ConfigError
+from maasjax.export import layout
+from maasjax.export.signatures import Signature, signatures_for
+
+DEFAULT_PLATFORMS = ('cpu', 'cuda', 'tpu')
+
+
+class ParityError(RuntimeError):
+  """The reloaded SavedModel's outputs differ from JAX's by more than the tolerance."""
+
+
+@dataclasses.dataclass
+class ExportResult:
+  path: str
+  version: int
+  max_abs_diff: dict[str, float]  # 'SIGNATURE/OUTPUT' -> max |TF - JAX| on held-out inputs
+  num_examples: int
+  seconds: float
+
+
+def _versions() -> dict[str, str]:
+  out = {}
+  for pkg in ('jax', 'jaxlib', 'flax', 'tensorflow-cpu', 'tensorflow', 'orbax-export', 'maasjax'):
+    try:
+      out[pkg] = pkg_metadata.version(pkg)
+    except pkg_metadata.PackageNotFoundError:
+      pass
+  return out
+
+
+def heldout_inputs(exp, sig: Signature, num_examples: int) -> dict[str, np.ndarray]:
+  """The first `num_examples` real (unpadded) test examples, as the signature's inputs."""
+  split = 'test' if 'test' in exp.dataset.splits() else exp.dataset.splits()[-1]
+  batch = next(iter(exp.dataset.eval_batches(split, num_examples)))
+  inputs = sig.example_inputs(batch)
+  if sig.batchable and 'mask' in batch:
+    keep = np.asarray(batch['mask']) > 0
+    inputs = {k: np.asarray(v)[keep] for k, v in inputs.items()}
+  return {k: np.asarray(v) for k, v in inputs.items()}
+
+
+def run_in_plain_tf(saved_dir: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Reloads the SavedModel in a fresh process that imports TF but not JAX, and runs it."""
+  with tempfile.TemporaryDirectory() as tmp:
+    in_path, out_path = os.path.join(tmp, 'in.npz'), os.path.join(tmp, 'out.npz')
+    np.savez(in_path, **inputs)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+                                           os.environ.get('PYTHONPATH', '')]))
+    proc = subprocess.run([sys.executable, '-m', 'maasjax.export.parity', saved_dir, in_path, out_path],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode:
+      raise ParityError(f'the exported SavedModel at {saved_dir} failed to run in TF:\n{proc.stderr[-2000:]}')
+    return dict(np.load(out_path))
+
+
+def compare(jax_out: dict[str, np.ndarray], tf_out: dict[str, np.ndarray], tolerance: dict[str, float]
+            ) -> tuple[dict[str, float], list[str]]:
+  """Max |TF - JAX| per output, and a description of each output over its bound."""
+  diffs, failures = {}, []
+  for key, ref in sorted(jax_out.items()):
+    if key not in tf_out:
+      failures.append(f'{key}: missing from the SavedModel outputs')
+      continue
+    got = tf_out[key]
+    if got.shape != ref.shape:
+      failures.append(f'{key}: shape {got.shape} in TF, {ref.shape} in JAX')
+      continue
+    if np.issubdtype(ref.dtype, np.floating):
+      diffs[key] = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
+      if not diffs[key] <= tolerance[key.split('/')[0]]:
+        failures.append(f'{key}: max abs difference {diffs[key]:.3g} > {tolerance[key.split("/")[0]]:g}')
+    else:
+      diffs[key] = float(np.sum(got != ref))
+      if diffs[key]:
+        failures.append(f'{key}: {int(diffs[key])} of {ref.size} values differ')
+  return diffs, failures
+
+
+def export_workdir(config, workdir: str, model_name: str, out: str, version: int | None = None,
+                   platforms: tuple[str, ...] = DEFAULT_PLATFORMS, parity_examples: int = 64,
+                   step: int | None = None) -> ExportResult:
+  """Exports the workdir's latest (or given) checkpoint as `out/model_name/version/`."""
+  t0 = time.time()
+  layout.check_model_name(model_name)
+  model_dir = os.path.join(out, model_name)
+  if version is None:
+    version = layout.next_version(model_dir)
+  elif version < 1:
+    raise ConfigError(f'--version {version}: expected a positive integer')
+  final = os.path.join(model_dir, str(version))
+  if os.path.exists(final):
+    raise ConfigError(f'{final} already exists; versions are immutable: choose another --version or omit it '
+                      f'(next free: {layout.next_version(model_dir)})')
+
+  import jax
+  import tensorflow as tf
+  from orbax.export import ExportManager, JaxModule, ServingConfig
+  from maasjax.train.loop import restore_latest
+
+  exp, state, ckpt_step = restore_latest(config, workdir, step)
+  sigs = signatures_for(exp.task, exp.model)
+  variables = jax.device_get({'params': state.params, **state.model_state})
+
+  # The JAX reference, computed before any TF tracing, with the same jit path training used.
+  inputs, jax_out = {}, {}
+  for name, sig in sigs.items():
+    x = heldout_inputs(exp, sig, parity_examples)
+    inputs.update({f'{name}/{k}': v for k, v in x.items()})
+    y = jax.device_get(jax.jit(sig.fn)(variables, x))
+    jax_out.update({f'{name}/{k}': np.asarray(v) for k, v in y.items()})
+
+  module = JaxModule(
+      variables, {name: sig.fn for name, sig in sigs.items()},
+      input_polymorphic_shape={name: sig.polymorphic_shapes() for name, sig in sigs.items()},
+      jax2tf_kwargs={name: {'native_serialization_platforms': tuple(platforms)} for name in sigs},
+      trainable=False)  # inference only: no gradients in the graph
+  serving = [ServingConfig(name, method_key=name, input_signature=[{
+      k: tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=k) for k, spec in sig.inputs.items()}])
+      for name, sig in sigs.items()]
+
+  os.makedirs(model_dir, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f'.tmp-{version}-', dir=model_dir)
+  try:
+    ExportManager(module, serving).save(tmp)
+    tf_out = run_in_plain_tf(tmp, inputs)
+    diffs, failures = compare(jax_out, tf_out, {n: s.tolerance for n, s in sigs.items()})
+    if failures:
+      raise ParityError(f'export of {workdir} refused: the SavedModel reloaded in TF does not reproduce JAX on '
+                        f'{parity_examples} held-out inputs:\n  ' + '\n  '.join(failures))
+    summary = {}
+    if os.path.exists(os.path.join(workdir, 'summary.json')):
+      with open(os.path.join(workdir, 'summary.json')) as f:
+        summary = json.load(f)
+    meta = {
+        'format': 1, 'model_name': model_name, 'version': version, 'task': exp.task.name,
+        'created_unix': time.time(), 'platforms': list(platforms), 'library_versions': _versions(),
+        'checkpoint': {'workdir': os.path.abspath(workdir), 'step': ckpt_step},
+        'config': json.loads(exp.config.to_json_best_effort()),
+        'dataset_info': exp.dataset.info.to_dict(),
+        'label_names': list(exp.dataset.info.label_names),
+        'signatures': {name: {'inputs': {k: s.to_dict() for k, s in sig.inputs.items()},
+                              'outputs': {k.split('/', 1)[1]: {'shape': [-1] + list(v.shape[1:]), 'dtype': str(v.dtype)}
+                                          for k, v in jax_out.items() if k.startswith(name + '/')},
+                              'batchable': sig.batchable}
+                       for name, sig in sigs.items()},
+        'metrics': {k: v for k, v in summary.items() if k.startswith(('test/', 'eval/'))},
+        'parity': {'max_abs_diff': diffs, 'num_examples': int(next(iter(inputs.values())).shape[0]),
+                   'tolerance': {n: s.tolerance for n, s in sigs.items()}, 'checked_in': 'a separate TF process'},
+    }
+    os.makedirs(os.path.join(tmp, os.path.dirname(layout.METADATA_PATH)), exist_ok=True)
+    with open(os.path.join(tmp, layout.METADATA_PATH), 'w') as f:
+      json.dump(meta, f, indent=2, sort_keys=True)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; servers may run as another user
+    os.rename(tmp, final)  # atomic: watchers see the whole version or none of it
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return ExportResult(final, version, diffs, meta['parity']['num_examples'], time.time() - t0)
