@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 # Each area adds its own module here: one line, so parallel work does not collide.
 COMMAND_MODULES: list[str] = [
     'maasjax.export.commands',
+    'maasjax.serve.commands',
 ]
 
 

@@ -1,0 +1,324 @@
+"""The HTTP app: TF Serving REST v1 and Open Inference Protocol v2 routes over one model repository.
+
+Routes are plain FastAPI handlers that read the body once, parse it with orjson and answer with
+prebuilt bytes: pydantic models per request would cost more than the model call for small inputs.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import maasjax
+from maasjax.serve import codec
+from maasjax.serve.auth import ApiKeys
+from maasjax.serve.backends import LoadedModel
+from maasjax.serve.batching import Runner
+from maasjax.serve.errors import ServeError
+from maasjax.serve.metrics import ServerMetrics
+from maasjax.serve.repository import Repository
+
+log = logging.getLogger('maasjax.serve')
+JSON = 'application/json'
+SERVING_DEFAULT = 'serving_default'
+
+
+@dataclasses.dataclass
+class ServeSettings:
+  max_batch_size: int = 32
+  batch_timeout_ms: float = 1.0
+  buckets: tuple[int, ...] = (1, 4, 16, 32)
+  batching: bool = True
+  max_queue_rows: int = 1024  # per model version and signature; beyond it requests get 429
+  max_body_bytes: int = 16 << 20
+  poll_seconds: float = 2.0
+  model_threads: int = 1
+  api_keys: ApiKeys | None = None
+
+
+def _error(status: int, message: str) -> Response:
+  return Response(codec.dumps({'error': message}), status_code=status, media_type=JSON)
+
+
+def _version(text: str | None) -> int | None:
+  if text is None:
+    return None
+  if not text.isdigit():
+    raise ServeError(400, f'version {text!r}: expected a positive integer')
+  return int(text)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+  length = request.headers.get('content-length')
+  if length is not None:
+    if not length.isdigit():
+      raise ServeError(400, f'Content-Length {length!r} is not a number')
+    if int(length) > limit:
+      raise ServeError(413, f'request body of {length} bytes exceeds the limit of {limit} bytes')
+    return await request.body()
+  chunks, size = [], 0
+  async for chunk in request.stream():  # chunked transfer: count as it arrives
+    size += len(chunk)
+    if size > limit:
+      raise ServeError(413, f'request body exceeds the limit of {limit} bytes')
+    chunks.append(chunk)
+  return b''.join(chunks)
+
+
+def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics) -> FastAPI:
+  executor = ThreadPoolExecutor(settings.model_threads, thread_name_prefix='maasjax-model')
+  state = {'loop': None}
+
+  def close_runners(model: LoadedModel) -> None:
+    loop = state['loop']
+    if loop is not None:
+      loop.call_soon_threadsafe(lambda: [r.close() for r in model.batchers.values()])
+
+  repo.on_unload = close_runners
+
+  @contextlib.asynccontextmanager
+  async def lifespan(app):
+    state['loop'] = asyncio.get_running_loop()
+    await state['loop'].run_in_executor(None, repo.poll)  # serve only after the first load and warm-up
+    repo.start_watching(settings.poll_seconds)
+    yield
+    repo.stop()
+    executor.shutdown(wait=True)
+
+  app = FastAPI(title='maasjax model server', version=maasjax.__version__, lifespan=lifespan,
+                docs_url=None, redoc_url=None, openapi_url=None)
+
+  @app.exception_handler(ServeError)
+  async def serve_error(request, e: ServeError):
+    return _error(e.status, e.message)
+
+  @app.exception_handler(StarletteHTTPException)
+  async def http_error(request, e: StarletteHTTPException):
+    return _error(e.status_code, f'{request.method} {request.url.path}: {e.detail}')
+
+  def authorize(request: Request, name: str) -> None:
+    if settings.api_keys is not None:
+      settings.api_keys.check(request.headers.get('authorization'), name)
+
+  def runner(model: LoadedModel, sig_name: str) -> Runner:
+    r = model.batchers.get(sig_name)
+    if r is None:
+      sig = model.signatures[sig_name]
+      batch = settings.max_batch_size if sig.batchable else 1 << 30
+      r = Runner(functools.partial(model.run, sig_name), executor, max_batch_size=batch,
+                 batch_timeout_s=settings.batch_timeout_ms / 1000, buckets=settings.buckets if sig.batchable else (),
+                 max_queue_rows=settings.max_queue_rows, observe_batch=metrics.batch_size.labels(model.name).observe,
+                 set_queue=metrics.queue.labels(model.name).set, batching=settings.batching and sig.batchable)
+      model.batchers[sig_name] = r
+    return r
+
+  def signature(model: LoadedModel, sig_name: str | None):
+    sig_name = sig_name or SERVING_DEFAULT
+    if not isinstance(sig_name, str) or sig_name not in model.signatures:
+      raise ServeError(400, f'signature {sig_name!r} is not in model {model.name!r}; its signatures: '
+                            f'{", ".join(sorted(model.signatures))}')
+    return sig_name, model.signatures[sig_name]
+
+  async def handle(request: Request, name: str, version: str | None, api: str, work) -> Response:
+    """Auth, body, model lookup and metrics around `work(model, body) -> Response`."""
+    t0 = time.perf_counter()
+    label = name if name in repo.status else '_unknown'
+    try:
+      authorize(request, name)
+      body = await _read_body(request, settings.max_body_bytes)
+      model = repo.get(name, _version(version))
+      response = await work(model, body, request)
+    except ServeError as e:
+      response = _error(e.status, e.message)
+    except Exception as e:  # noqa: BLE001 - a model failure is the server's 500, with the reason
+      log.exception('model %s failed', name)
+      response = _error(500, f'model {name!r} failed: {type(e).__name__}: {str(e)[:300]}')
+    code = response.status_code
+    elapsed = time.perf_counter() - t0
+    metrics.requests.labels(label, api, str(code)).inc()
+    metrics.latency.labels(label, api).observe(elapsed)
+    if code != 200:
+      metrics.errors.labels(str(code)).inc()
+    if log.isEnabledFor(logging.DEBUG):
+      log.debug(codec.dumps({'api': api, 'model': name, 'version': version, 'code': code,
+                             'latency_ms': round(elapsed * 1e3, 3), 'client': request.client.host if request.client else None
+                             }).decode())
+    return response
+
+  # --- TF Serving REST API v1 ---------------------------------------------------------------
+  async def v1_predict_work(model, body, request):
+    req = codec.loads(body)
+    sig_name, sig = signature(model, req.get('signature_name') if isinstance(req, dict) else None)
+    inputs, row_format = codec.v1_inputs(req, sig)
+    outputs = await runner(model, sig_name).submit(inputs, codec.batch_rows(inputs, sig))
+    return Response(codec.v1_response(outputs, row_format), media_type=JSON)
+
+  @app.post('/v1/models/{name}:predict')
+  async def v1_predict(name: str, request: Request):
+    return await handle(request, name, None, 'v1', v1_predict_work)
+
+  @app.post('/v1/models/{name}/versions/{version}:predict')
+  async def v1_predict_version(name: str, version: str, request: Request):
+    return await handle(request, name, version, 'v1', v1_predict_work)
+
+  @app.post('/v1/models/{name}:{method}')
+  async def v1_other_method(name: str, method: str, request: Request):
+    raise ServeError(400, f'method {method!r} is not supported; use :predict')
+
+  def v1_status(name: str, version: str | None, request: Request) -> Response:
+    authorize(request, name)
+    v = _version(version)
+    if name not in repo.status:
+      repo.get(name)  # raises the 404 naming what is served
+    statuses = sorted(repo.status[name].items())
+    if v is not None:
+      statuses = [(k, s) for k, s in statuses if k == v]
+      if not statuses:
+        raise ServeError(404, f'version {v} of model {name!r} is not known')
+    return Response(codec.dumps({'model_version_status': [
+        {'version': str(k), 'state': s.state,
+         'status': {'error_code': 'UNKNOWN' if s.error else 'OK', 'error_message': s.error}} for k, s in statuses]}),
+        media_type=JSON)
+
+  @app.get('/v1/models/{name}')
+  async def v1_model_status(name: str, request: Request):
+    return v1_status(name, None, request)
+
+  @app.get('/v1/models/{name}/versions/{version}')
+  async def v1_version_status(name: str, version: str, request: Request):
+    return v1_status(name, version, request)
+
+  def v1_metadata(name: str, version: str | None, request: Request) -> Response:
+    authorize(request, name)
+    model = repo.get(name, _version(version))
+    return Response(codec.dumps({
+        'model_spec': {'name': name, 'signature_name': '', 'version': str(model.version)},
+        'metadata': {'signature_def': {'signature_def': {
+            k: codec.v1_signature_def(s) for k, s in model.signatures.items()}}}}), media_type=JSON)
+
+  @app.get('/v1/models/{name}/metadata')
+  async def v1_model_metadata(name: str, request: Request):
+    return v1_metadata(name, None, request)
+
+  @app.get('/v1/models/{name}/versions/{version}/metadata')
+  async def v1_version_metadata(name: str, version: str, request: Request):
+    return v1_metadata(name, version, request)
+
+  # --- Open Inference Protocol v2 -------------------------------------------------------------
+  @app.get('/v2')
+  async def v2_server():
+    return Response(codec.dumps({'name': 'maasjax', 'version': maasjax.__version__,
+                                 'extensions': ['binary_tensor_data', 'model_repository']}), media_type=JSON)
+
+  @app.get('/v2/health/live')
+  async def v2_live():
+    return Response(codec.dumps({'live': True}), media_type=JSON)
+
+  @app.get('/v2/health/ready')
+  async def v2_ready():
+    ready = repo.ready()
+    return Response(codec.dumps({'ready': ready}), status_code=200 if ready else 503, media_type=JSON)
+
+  async def v2_infer_work(model, body, request):
+    req, binary = codec.v2_split_body(body, request.headers.get('inference-header-content-length'))
+    params = req.get('parameters') if isinstance(req, dict) else None
+    sig_name, sig = signature(model, (params or {}).get('signature_name') if isinstance(params, dict) else None)
+    inputs = codec.v2_inputs(req, binary, sig)
+    outputs = await runner(model, sig_name).submit(inputs, codec.batch_rows(inputs, sig))
+    content, headers = codec.v2_response(req, model.name, model.version, outputs)
+    return Response(content, media_type='application/octet-stream' if headers else JSON, headers=headers)
+
+  @app.post('/v2/models/{name}/infer')
+  async def v2_infer(name: str, request: Request):
+    return await handle(request, name, None, 'v2', v2_infer_work)
+
+  @app.post('/v2/models/{name}/versions/{version}/infer')
+  async def v2_infer_version(name: str, version: str, request: Request):
+    return await handle(request, name, version, 'v2', v2_infer_work)
+
+  def v2_metadata(name: str, version: str | None, request: Request) -> Response:
+    authorize(request, name)
+    model = repo.get(name, _version(version))
+    sig = model.signatures.get(SERVING_DEFAULT) or next(iter(model.signatures.values()))
+    return Response(codec.dumps({
+        'name': name, 'versions': [str(v) for v in sorted(repo.served.get(name, {}))],
+        'platform': model.platform,
+        'inputs': [codec.v2_tensor_metadata(k, s.shape, s.dtype) for k, s in sig.inputs.items()],
+        'outputs': [codec.v2_tensor_metadata(k, shape, dtype) for k, (shape, dtype) in sig.outputs.items()]}),
+        media_type=JSON)
+
+  @app.get('/v2/models/{name}')
+  async def v2_model_metadata(name: str, request: Request):
+    return v2_metadata(name, None, request)
+
+  @app.get('/v2/models/{name}/versions/{version}')
+  async def v2_version_metadata(name: str, version: str, request: Request):
+    return v2_metadata(name, version, request)
+
+  def v2_model_ready(name: str, version: str | None, request: Request) -> Response:
+    authorize(request, name)
+    try:
+      repo.get(name, _version(version))
+      ready = True
+    except ServeError as e:
+      if e.status != 503:
+        raise
+      ready = False
+    return Response(codec.dumps({'name': name, 'ready': ready}), status_code=200 if ready else 503, media_type=JSON)
+
+  @app.get('/v2/models/{name}/ready')
+  async def v2_model_ready_latest(name: str, request: Request):
+    return v2_model_ready(name, None, request)
+
+  @app.get('/v2/models/{name}/versions/{version}/ready')
+  async def v2_version_ready(name: str, version: str, request: Request):
+    return v2_model_ready(name, version, request)
+
+  @app.get('/v2/models/{name}/config')
+  async def v2_model_config(name: str, request: Request):
+    """Triton's model configuration extension, enough for tritonclient's get_model_config."""
+    authorize(request, name)
+    model = repo.get(name)
+    sig = model.signatures[SERVING_DEFAULT]
+    dims = lambda shape: [-1 if d is None else d for d in shape[1:]]
+    return Response(codec.dumps({
+        'name': name, 'platform': model.platform,
+        'max_batch_size': settings.max_batch_size if sig.batchable else 0,
+        'input': [{'name': k, 'data_type': 'TYPE_' + codec.v2_datatype(s.dtype), 'dims': dims(s.shape)}
+                  for k, s in sig.inputs.items()],
+        'output': [{'name': k, 'data_type': 'TYPE_' + codec.v2_datatype(dt), 'dims': dims(shape)}
+                   for k, (shape, dt) in sig.outputs.items()],
+        'dynamic_batching': {'max_queue_delay_microseconds': int(settings.batch_timeout_ms * 1000)}
+        if settings.batching else None}), media_type=JSON)
+
+  @app.post('/v2/repository/index')
+  async def v2_repository_index(request: Request):
+    allowed = settings.api_keys.models_for(request.headers.get('authorization')) if settings.api_keys else None
+    entries = []
+    for name in repo.model_names():
+      if allowed is not None and name not in allowed:
+        continue
+      for v, s in sorted(repo.status.get(name, {}).items()):
+        entry = {'name': name, 'version': str(v), 'state': 'READY' if s.state == 'AVAILABLE' else 'UNAVAILABLE',
+                 'reason': s.error or ('' if s.state == 'AVAILABLE' else s.state)}
+        model = repo.served.get(name, {}).get(v)
+        if model is not None:
+          meta = model.metadata
+          entry.update(task=meta.get('task', ''), platform=model.platform,
+                       metrics={k: x for k, x in meta.get('metrics', {}).items() if k.startswith('test/')})
+        entries.append(entry)
+    return Response(codec.dumps(entries), media_type=JSON)
+
+  @app.get('/metrics')
+  async def prometheus_metrics():
+    return Response(metrics.render(), media_type='text/plain; version=0.0.4')
+
+  return app

@@ -1,0 +1,110 @@
+"""A loaded model version: its signatures (input specs, outputs) and a `run(signature, inputs)` call.
+
+Two backends give the same outputs: the exported SavedModel run by TF (what production runs),
+and the JAX function rebuilt from the checkpoint the export recorded (`--backend jax`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from maasjax.export import layout
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+  shape: tuple[int | None, ...]  # None: any size; axis 0 is the batch
+  dtype: np.dtype
+  finite: bool = False
+
+
+@dataclasses.dataclass
+class ServableSignature:
+  inputs: dict[str, InputSpec]
+  outputs: dict[str, tuple[tuple[int | None, ...], np.dtype]]
+  batchable: bool = True
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  name: str
+  version: int
+  path: str
+  platform: str  # 'tensorflow_savedmodel' or 'jax'
+  signatures: dict[str, ServableSignature]
+  metadata: dict[str, Any]
+  run: Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+  batchers: dict[str, Any] = dataclasses.field(default_factory=dict)  # filled by the app, in its event loop
+  handle: Any = None  # keeps the loaded SavedModel alive (its signatures hold weak references)
+
+  def warm_up(self, batch_sizes: list[int]) -> None:
+    """Runs every signature once per batch size (zeros), so no request pays for a compile."""
+    for sig_name, sig in self.signatures.items():
+      sizes = batch_sizes if sig.batchable else [1]
+      for b in sizes:
+        self.run(sig_name, {k: np.zeros((b,) + tuple(d or 1 for d in s.shape[1:]), s.dtype)
+                            for k, s in sig.inputs.items()})
+
+
+def _meta_signature(meta: dict | None, name: str) -> dict:
+  return ((meta or {}).get('signatures') or {}).get(name, {})
+
+
+def load_savedmodel(path: str, name: str, version: int) -> LoadedModel:
+  import tensorflow as tf
+  if not os.path.exists(os.path.join(path, 'saved_model.pb')):
+    raise ValueError(f'{path} has no saved_model.pb; expected a SavedModel written by maasjax export')
+  meta = layout.read_metadata(path)
+  loaded = tf.saved_model.load(path)
+  fns, sigs = {}, {}
+  for sig_name, fn in loaded.signatures.items():
+    _, kw = fn.structured_input_signature
+    extra = _meta_signature(meta, sig_name)
+    inputs = {k: InputSpec(tuple(spec.shape.as_list()), np.dtype(spec.dtype.as_numpy_dtype),
+                           bool(extra.get('inputs', {}).get(k, {}).get('finite', False))) for k, spec in kw.items()}
+    order = list(extra.get('outputs', {}))  # the exporter's order (logits, probabilities, ...), not TF's
+    outputs = {k: (tuple(spec.shape.as_list()), np.dtype(spec.dtype.as_numpy_dtype)) for k, spec in
+               sorted(fn.structured_outputs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))}
+    batchable = extra.get('batchable', all(s.shape and s.shape[0] is None for s in inputs.values()))
+    sigs[sig_name] = ServableSignature(inputs, outputs, bool(batchable))
+    fns[sig_name] = fn
+
+  def run(sig_name, inputs):
+    out = fns[sig_name](**{k: tf.constant(v) for k, v in inputs.items()})
+    return {k: out[k].numpy() for k in sigs[sig_name].outputs}
+
+  return LoadedModel(name, version, path, 'tensorflow_savedmodel', sigs, meta or {}, run, handle=loaded)
+
+
+def load_jax(path: str, name: str, version: int) -> LoadedModel:
+  """Rebuilds the JAX function from the checkpoint recorded in the export's metadata."""
+  import jax
+  import ml_collections
+  from maasjax.export.signatures import signatures_for
+  from maasjax.train.loop import restore_latest
+  meta = layout.read_metadata(path)
+  if not meta or 'checkpoint' not in meta:
+    raise ValueError(f'{path} has no {layout.METADATA_PATH} naming its checkpoint; --backend jax serves only '
+                     'models written by maasjax export')
+  ckpt = meta['checkpoint']
+  exp, state, _ = restore_latest(ml_collections.ConfigDict(meta['config']), ckpt['workdir'], ckpt['step'])
+  variables = jax.device_get({'params': state.params, **state.model_state})
+  jax_sigs = signatures_for(exp.task, exp.model)
+  fns, sigs = {}, {}
+  for sig_name, sig in jax_sigs.items():
+    inputs = {k: InputSpec(tuple(s.shape), np.dtype(s.dtype), s.finite) for k, s in sig.inputs.items()}
+    outputs = {k: (tuple(None if d < 0 else d for d in o['shape']), np.dtype(o['dtype']))
+               for k, o in _meta_signature(meta, sig_name).get('outputs', {}).items()}
+    sigs[sig_name] = ServableSignature(inputs, outputs, sig.batchable)
+    fns[sig_name] = jax.jit(sig.fn)
+
+  def run(sig_name, inputs):
+    return {k: np.asarray(v) for k, v in jax.device_get(fns[sig_name](variables, inputs)).items()}
+
+  return LoadedModel(name, version, path, 'jax', sigs, meta, run)
+
+
+BACKENDS = {'savedmodel': load_savedmodel, 'jax': load_jax}

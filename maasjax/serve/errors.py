@@ -1,0 +1,8 @@
+"""One exception for every refused request: an HTTP status and one message naming what was wrong."""
+
+
+class ServeError(Exception):
+  def __init__(self, status: int, message: str):
+    super().__init__(message)
+    self.status = status
+    self.message = message

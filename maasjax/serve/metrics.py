@@ -1,0 +1,30 @@
+"""Prometheus metrics of one server (its own registry: no process-global state)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ServerMetrics:
+  def __init__(self, max_batch_size: int):
+    self.registry = CollectorRegistry()
+    r = self.registry
+    self.requests = Counter('maasjax_requests', 'Requests by model, API and HTTP status code',
+                            ['model', 'api', 'code'], registry=r)
+    self.errors = Counter('maasjax_request_errors', 'Refused or failed requests by HTTP status code',
+                          ['code'], registry=r)
+    self.latency = Histogram('maasjax_request_latency_seconds', 'Request latency, body read to response',
+                             ['model', 'api'], buckets=LATENCY_BUCKETS, registry=r)
+    sizes, b = [], 1
+    while b < max_batch_size:
+      sizes.append(b)
+      b *= 2
+    self.batch_size = Histogram('maasjax_batch_size', 'Rows per model call (before padding to a bucket)',
+                                ['model'], buckets=tuple(sizes) + (max_batch_size,), registry=r)
+    self.queue = Gauge('maasjax_queue_rows', 'Rows waiting or running, per model', ['model'], registry=r)
+    self.model_events = Counter('maasjax_model_events', 'Model version loads, load failures and unloads',
+                                ['model', 'event'], registry=r)
+
+  def render(self) -> bytes:
+    return generate_latest(self.registry)
