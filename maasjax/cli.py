@@ -103,4 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  # Run the importable module, not this __main__ copy: COMMAND_MODULES register into maasjax.cli.COMMANDS.
+  from maasjax.cli import main as _main
+  sys.exit(_main())
