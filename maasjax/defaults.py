@@ -12,8 +12,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.eval_every_steps = 250
   c.progress_bar = True
-  c.mesh = ml_collections.ConfigDict({'data': -1})
-  c.sharding = ml_collections.ConfigDict({'rules': ()})
+  # Parallelism (docs/tpu.md, docs/gpu.md): mesh axes 'data', 'fsdp', 'model' (-1 = the rest);
+  # sharding.preset replicate | fsdp | tensor | fsdp_tensor; sharding.rules (regex, axes) win over it.
+  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'model': 1})
+  c.sharding = ml_collections.ConfigDict({'preset': 'replicate', 'rules': (), 'fsdp_min_size': 0})
+  # Multi-host: 'auto' joins jax.distributed on a Cloud TPU VM / Slurm / Open MPI, or when a coordinator is given.
+  c.distributed = ml_collections.ConfigDict({
+      'initialize': 'auto', 'coordinator_address': '', 'num_processes': 0, 'process_id': -1, 'timeout_s': 300})
   c.checkpoint = ml_collections.ConfigDict({'every_steps': 250, 'keep': 3, 'async_save': True})
   c.optimizer = ml_collections.ConfigDict({
       'name': 'adamw', 'learning_rate': 1e-3, 'schedule': 'cosine', 'warmup_steps': 50,

@@ -105,10 +105,12 @@ def _spec_for(name: str, shape: tuple[int, ...], rules: Sequence[tuple[str, Sequ
       for dim, axis in zip(shape, axes):
         if axis is None:
           continue
-        size = math.prod(mesh.shape[a] for a in (axis if isinstance(axis, tuple) else (axis,)))
-        if axis not in mesh.shape and not isinstance(axis, tuple):
-          raise ConfigError(f'sharding rule {pattern!r} names mesh axis {axis!r}, which config.mesh lacks '
-                            f'(axes: {", ".join(mesh.axis_names)})')
+        names = axis if isinstance(axis, tuple) else (axis,)
+        missing = [a for a in names if a not in mesh.shape]
+        if missing:
+          raise ConfigError(f'sharding rule {pattern!r} names mesh axis {missing[0]!r}, which config.mesh lacks '
+                            f'(axes: {", ".join(mesh.axis_names)}); parameter {name!r}')
+        size = math.prod(mesh.shape[a] for a in names)
         if dim % size:
           raise ConfigError(f'sharding rule {pattern!r} splits parameter {name!r} (shape {shape}) over '
                             f'{axis!r} of size {size}, which does not divide {dim}')

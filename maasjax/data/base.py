@@ -91,12 +91,15 @@ class ArrayDataset(Dataset):
   def train_batch(self, step, batch_size, process_index=0, process_count=1):
     train = self._splits['train']
     n = len(train['labels'])
-    idx = stream_indices(self._seed, step, batch_size, n)[host_slice(batch_size, process_index, process_count)]
-    batch = {k: v[idx] for k, v in train.items()}
+    idx = stream_indices(self._seed, step, batch_size, n)
+    local = host_slice(batch_size, process_index, process_count)
+    batch = {k: v[idx[local]] for k, v in train.items()}
     if self._augment is not None:
-      # Augmentation randomness is also a pure function of (seed, step, host).
-      rng = np.random.default_rng([self._seed, step, process_index, 7])
-      batch['inputs'] = self._augment(batch['inputs'], rng)
+      # Augmentation randomness is a pure function of (seed, step): each host augments the global
+      # batch and keeps its rows, so N hosts train on exactly what one host would (cheap for these
+      # in-memory datasets).
+      rng = np.random.default_rng([self._seed, step, 0, 7])
+      batch['inputs'] = self._augment(train['inputs'][idx], rng)[local]
     return batch
 
   def eval_batches(self, split, batch_size, process_index=0, process_count=1):

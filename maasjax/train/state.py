@@ -36,7 +36,13 @@ def make_init_fn(model, task, tx: optax.GradientTransformation, seed: int):
 
 
 def state_shardings(abstract_state: TrainState, mesh: Mesh, rules) -> TrainState:
-  """Params and optimizer state by the partition rules; step and model state replicated."""
+  """Params and optimizer state by the partition rules; step and model state replicated.
+
+  `rules` is a list of (regex, axes), or a plan `(abstract params, mesh) -> rules` (sharding.plan)
+  that expands a preset against the parameters; the optimizer state then follows the same rules.
+  """
+  if callable(rules):
+    rules = rules(abstract_state.params, mesh)
   return TrainState(
       step=NamedSharding(mesh, P()),
       params=parallel.param_shardings(abstract_state.params, mesh, rules),
