@@ -1,0 +1,85 @@
+"""Export: SavedModels in TF Serving's layout, reloaded in a plain TF process, agree with JAX within 1e-5."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from serve_fixtures import exported, jax_reference, heldout_digits  # noqa: F401 - fixtures
+from maasjax.config import ConfigError
+from maasjax.export import layout
+from maasjax.export.exporter import compare, run_in_plain_tf
+
+
+@pytest.mark.parametrize('model', ['digits', 'digits_resnet'])
+def test_savedmodel_in_plain_tf_matches_jax(exported, model):
+  # 7 examples: a batch size never used at export, so the batch axis must really be polymorphic.
+  x = heldout_digits(7)
+  ref = jax_reference(exported['workdirs'][model], x)
+  got = run_in_plain_tf(os.path.join(exported['base'], model, '1'), {'serving_default/inputs': x})
+  for name in ('logits', 'probabilities'):
+    diff = np.max(np.abs(got[f'serving_default/{name}'] - ref[name]))
+    print(f'{model} {name} max abs diff {diff:.3g}')
+    assert diff <= 1e-5
+  np.testing.assert_array_equal(got['serving_default/classes'], ref['classes'])
+  np.testing.assert_array_equal(got['serving_default/classes'], np.argmax(ref['logits'], -1))
+  assert got['serving_default/top_k_classes'].shape == (7, 5)
+
+
+def test_layout_and_metadata(exported):
+  base = exported['base']
+  assert layout.list_models(base) == ['digits', 'digits_resnet']
+  for model in ('digits', 'digits_resnet'):
+    vdir = os.path.join(base, model, '1')
+    assert os.path.exists(os.path.join(vdir, 'saved_model.pb'))
+    assert not [d for d in os.listdir(os.path.join(base, model)) if d.startswith('.tmp')]  # no leftovers
+    meta = layout.read_metadata(vdir)
+    assert meta['task'] == 'classification' and meta['version'] == 1
+    assert meta['platforms'] == ['cpu', 'cuda', 'tpu']
+    assert meta['signatures']['serving_default']['inputs']['inputs'] == {
+        'shape': [-1, 8, 8, 1], 'dtype': 'float32', 'finite': True}
+    assert meta['label_names'] == [str(i) for i in range(10)]
+    assert 'test/accuracy' in meta['metrics'] and 'jax' in meta['library_versions']
+    assert meta['checkpoint']['step'] == 20
+    assert max(meta['parity']['max_abs_diff'].values()) <= 1e-5
+  assert exported['results']['digits'].version == 1
+  assert layout.next_version(os.path.join(base, 'digits')) == 2
+
+
+def test_models_catalog_cli(exported, capsys):
+  from maasjax import cli
+  assert cli.main(['models', '--model-base-path', exported['base'], '--json']) == 0
+  entries = json.loads(capsys.readouterr().out)
+  assert [(e['name'], e['version']) for e in entries] == [('digits', 1), ('digits_resnet', 1)]
+  assert entries[0]['inputs'] == {'inputs': {'shape': [-1, 8, 8, 1], 'dtype': 'float32'}}
+  assert entries[0]['size_bytes'] > 10_000 and 0 <= entries[0]['metrics']['test/accuracy'] <= 1
+  assert cli.main(['models', '--model-base-path', exported['base']]) == 0
+  assert 'digits_resnet' in capsys.readouterr().out
+
+
+def test_existing_version_and_bad_name_are_refused(exported, capsys):
+  from maasjax import cli
+  workdir = exported['workdirs']['digits']
+  assert cli.main(['export', '--workdir', workdir, '--model-name', 'digits', '--version', '1',
+                   '--out', exported['base']]) == 2
+  assert 'already exists' in capsys.readouterr().err
+  assert cli.main(['export', '--workdir', workdir, '--model-name', 'bad/name', '--out', exported['base']]) == 2
+  assert 'model name' in capsys.readouterr().err
+  assert cli.main(['export', '--workdir', workdir + '-missing', '--model-name', 'x', '--out', exported['base']]) == 2
+  assert 'no config.json' in capsys.readouterr().err
+
+
+def test_compare_reports_each_output_over_its_bound():
+  ref = {'s/logits': np.zeros((2, 3), np.float32), 's/classes': np.array([1, 2])}
+  diffs, failures = compare(ref, {'s/logits': np.full((2, 3), 3e-5, np.float32), 's/classes': np.array([1, 0])},
+                            {'s': 1e-5})
+  assert diffs['s/logits'] == pytest.approx(3e-5) and diffs['s/classes'] == 1
+  assert len(failures) == 2 and 'max abs difference 3e-05 > 1e-05' in failures[1]
+  _, failures = compare(ref, dict(ref), {'s': 1e-5})
+  assert failures == []
+
+
+def test_model_name_check():
+  with pytest.raises(ConfigError, match='model name'):
+    layout.check_model_name('../etc')
+  assert layout.check_model_name('digits_cnn-2.v1') == 'digits_cnn-2.v1'
