@@ -65,12 +65,24 @@ def transformer_tensor_axes(leaves: Leaves) -> dict[str, tuple]:
   return axes
 
 
-# Filled in against the Transformer's parameter names (maasjax/models/transformer.py).
-TRANSFORMER_TENSOR_RULES: list[Rule] = []
+# Against maasjax/models/transformer.py's names; 'attention/' also matches 'cross_attention/'.
+# q/k/v kernels are [D, H, K] and the output's [H, K, D]: heads split; the MLP is [D, F] then [F, D].
+# Embedding and logits stay replicated (a character vocabulary rarely divides the axis); FSDP splits them.
+TRANSFORMER_TENSOR_RULES: list[Rule] = [
+    (r'attention/(query|key|value)/kernel$', (None, MODEL, None)),
+    (r'attention/(query|key|value)/bias$', (MODEL, None)),
+    (r'attention/out/kernel$', (MODEL, None, None)),
+    (r'mlp/wi/kernel$', (None, MODEL)),
+    (r'mlp/wi/bias$', (MODEL,)),
+    (r'mlp/wo/kernel$', (MODEL, None)),
+]
 
 TENSOR_AXES: dict[str, Callable[[Leaves], dict[str, tuple]]] = {
     'mlp': dense_stack_tensor_axes,
     'cnn': dense_stack_tensor_axes,
+    'transformer_lm': transformer_tensor_axes,
+    'transformer_classifier': transformer_tensor_axes,
+    'transformer_seq2seq': transformer_tensor_axes,
 }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 import jax
@@ -116,13 +117,22 @@ def summary(state) -> dict:
           'num_devices': int(np.prod(list(jax.tree.leaves(state.params)[0].sharding.mesh.shape.values())))}
 
 
+def matmul_dtypes(steps, state, dataset, config) -> list[str]:
+  """Result element types of the train step's matmuls and convolutions, from its lowered program."""
+  batch = parallel.global_batch(steps.mesh, dataset.train_batch(0, config.batch_size), steps.batch_sharding)
+  text = steps.train_step.lower(state, batch).as_text()
+  lines = [line for line in text.splitlines() if 'stablehlo.dot_general' in line or 'stablehlo.convolution' in line]
+  return sorted({re.findall(r'tensor<([^>]*)>', line.rsplit('->', 1)[-1])[-1].split('x')[-1] for line in lines})
+
+
 def run_cases(cases: list[dict]) -> dict:
   out = {}
   for case in cases:
     config, dataset, task, steps = build(case)
     state = steps.init()
+    dtypes = matmul_dtypes(steps, state, dataset, config) if case.get('inspect') else None
     state, losses = train(config, dataset, task, steps, state, 0, case.get('steps', 4))
-    out[case['name']] = {'losses': losses, **summary(state)}
+    out[case['name']] = {'losses': losses, 'matmul_dtypes': dtypes, **summary(state)}
   return out
 
 

@@ -61,7 +61,10 @@ def strip(spec):
 @pytest.fixture(scope='module')
 def cnn_runs(tmp_path_factory):
   cases = [{'name': name, 'model': 'cnn', 'mesh': mesh, 'preset': preset, 'steps': 4,
-            **({'devices': 1} if name == 'one_device' else {})} for name, (mesh, preset) in MESHES.items()]
+            **({'devices': 1, 'inspect': True} if name == 'one_device' else {})}
+           for name, (mesh, preset) in MESHES.items()]
+  cases.append({'name': 'bf16_fsdp', 'model': 'cnn', 'mesh': {'fsdp': 8}, 'preset': 'fsdp', 'steps': 4,
+                'dtype': 'bfloat16', 'inspect': True})
   return run_worker([{'do': 'cases', 'cases': cases}], 8, tmp_path_factory.mktemp('cnn'))[0]
 
 
@@ -88,6 +91,17 @@ def test_fsdp_holds_one_eighth_of_the_parameters_per_device(cnn_runs):
   # All but Dense_1/bias (10 floats of 3,658) are split 8 ways.
   assert 0.125 <= ratio < 0.14
   assert fsdp['opt_bytes_per_device'] / replicated['opt_bytes_per_device'] < 0.14
+
+
+@pytest.mark.slow
+def test_bfloat16_computes_in_bf16_and_keeps_float32_state(cnn_runs):
+  ref, bf16 = cnn_runs['one_device'], cnn_runs['bf16_fsdp']
+  assert ref['matmul_dtypes'] == ['f32']
+  assert bf16['matmul_dtypes'] == ['bf16']  # every conv and matmul, forward and backward
+  assert bf16['param_dtypes'] == ['float32'] and bf16['opt_dtypes'] == ['float32', 'int32']
+  # No loss scaling: bf16 has float32's exponent range. The curve stays on the float32 one.
+  assert bf16['losses'] == pytest.approx(ref['losses'], abs=1e-2)
+  assert bf16['losses'] != ref['losses']
 
 
 # ---- the rules themselves: cheap, on abstract parameters and an abstract mesh -------------------
