@@ -37,7 +37,7 @@ def exact(name: str) -> str:
 
 # ---- tensor parallelism, per model family: {param path -> axes per dim} -------------------------
 
-def dense_stack_tensor_axes(leaves: Leaves) -> dict[str, tuple]:
+def dense_stack_tensor_axes(leaves: Leaves, model_size: int) -> dict[str, tuple]:
   """Top-level Dense_i layers (MLP, CNN head) in pairs: column-parallel (output units over 'model'),
   then row-parallel (input units over 'model', outputs summed), so activations between a pair stay
   split and only the pair's output is all-reduced. The last layer, when it would start a new pair,
@@ -53,21 +53,24 @@ def dense_stack_tensor_axes(leaves: Leaves) -> dict[str, tuple]:
   return axes
 
 
-def transformer_tensor_axes(leaves: Leaves) -> dict[str, tuple]:
+def transformer_tensor_axes(leaves: Leaves, model_size: int) -> dict[str, tuple]:
   """Attention heads and MLP hidden units over 'model' (Megatron): q/k/v and the MLP's first layer
-  split their outputs, the attention output and the MLP's second layer split their inputs."""
+  split their outputs, the attention output and the MLP's second layer split their inputs. The token
+  embedding and the logits layer split the vocabulary when the axis divides it (else replicated)."""
   axes = {}
   for name, shape in leaves:
     for pattern, spec in TRANSFORMER_TENSOR_RULES:
       if re.search(pattern, name):
-        axes[name] = spec[:len(shape)]
+        axes[name] = spec
         break
+    for pattern, spec, vocab_dim in TRANSFORMER_VOCAB_RULES:
+      if re.search(pattern, name) and shape[vocab_dim] % model_size == 0:
+        axes[name] = spec
   return axes
 
 
 # Against maasjax/models/transformer.py's names; 'attention/' also matches 'cross_attention/'.
 # q/k/v kernels are [D, H, K] and the output's [H, K, D]: heads split; the MLP is [D, F] then [F, D].
-# Embedding and logits stay replicated (a character vocabulary rarely divides the axis); FSDP splits them.
 TRANSFORMER_TENSOR_RULES: list[Rule] = [
     (r'attention/(query|key|value)/kernel$', (None, MODEL, None)),
     (r'attention/(query|key|value)/bias$', (MODEL, None)),
@@ -76,8 +79,14 @@ TRANSFORMER_TENSOR_RULES: list[Rule] = [
     (r'mlp/wi/bias$', (MODEL,)),
     (r'mlp/wo/kernel$', (MODEL, None)),
 ]
+# (pattern, axes, the vocabulary's dimension): used only where the 'model' axis divides the vocabulary.
+TRANSFORMER_VOCAB_RULES: list[tuple[str, tuple, int]] = [
+    (r'embed/embedding$', (MODEL, None), 0),
+    (r'(^|/)logits/kernel$', (None, MODEL), 1),
+    (r'(^|/)logits/bias$', (MODEL,), 0),
+]
 
-TENSOR_AXES: dict[str, Callable[[Leaves], dict[str, tuple]]] = {
+TENSOR_AXES: dict[str, Callable[[Leaves, int], dict[str, tuple]]] = {
     'mlp': dense_stack_tensor_axes,
     'cnn': dense_stack_tensor_axes,
     'transformer_lm': transformer_tensor_axes,
@@ -86,7 +95,7 @@ TENSOR_AXES: dict[str, Callable[[Leaves], dict[str, tuple]]] = {
 }
 
 
-def register_tensor_axes(model_name: str, fn: Callable[[Leaves], dict[str, tuple]]) -> None:
+def register_tensor_axes(model_name: str, fn: Callable[[Leaves, int], dict[str, tuple]]) -> None:
   TENSOR_AXES[model_name] = fn
 
 
@@ -135,7 +144,7 @@ def preset_rules(preset: str, model_name: str, params: Any, mesh: Mesh, fsdp_min
       raise ConfigError(f'config.sharding.preset={preset!r}: model {model_name!r} has no tensor-parallel '
                         f'layout; models with one: {", ".join(sorted(TENSOR_AXES))} (or write '
                         f'config.sharding.rules yourself)')
-    tensor = TENSOR_AXES[model_name](leaves)
+    tensor = TENSOR_AXES[model_name](leaves, mesh.shape[MODEL])
   rules = []
   for name, shape in leaves:
     axes = tuple(tensor.get(name, ())) + (None,) * (len(shape) - len(tensor.get(name, ())))
