@@ -71,7 +71,7 @@ class Runner:
     return self.buckets[i] if i < len(self.buckets) else rows
 
   def _admit(self, rows: int) -> None:
-    if self._rows + rows > self.max_queue_rows:
+    if self._rows and self._rows + rows > self.max_queue_rows:  # alone, any request gets in
       raise ServeError(429, f'server overloaded: {self._rows} rows already queued for this model (limit '
                             f'{self.max_queue_rows}); retry with backoff')
     self._rows += rows

@@ -115,7 +115,8 @@ class Repository:
     return sorted(set(self.served) | set(self.status))
 
   def ready(self) -> bool:
-    return self.initial_load_done and all(self.served.get(n) for n in self.status)
+    """After the first scan, with something to serve: one broken model must not take the others offline."""
+    return self.initial_load_done and bool(self.served)
 
   # --- loading (watcher thread) ---------------------------------------------------------------
   def poll(self) -> None:

@@ -1,0 +1,214 @@
+"""The server over real HTTP: both APIs and formats, every error code, auth, limits, metrics, the JAX backend."""
+import concurrent.futures
+import json
+import os
+
+import httpx
+import numpy as np
+import pytest
+
+from serve_fixtures import ServerProcess, exported, heldout_digits, jax_reference, write_broken_version  # noqa: F401
+from maasjax.client import Client, ServerError
+
+KEY_ALL = 'k-all-0123456789abcdef'
+KEY_RESNET = 'k-resnet-0123456789abcdef'
+
+
+@pytest.fixture(scope='module')
+def server(exported):
+  write_broken_version(exported['base'], 'broken', 1)
+  srv = ServerProcess(exported['base'], '--max-batch-size', '8', '--buckets', '1,8', '--batch-timeout-ms', '5',
+                      '--max-body-bytes', '200000')
+  yield srv
+  srv.stop()
+
+
+@pytest.fixture(scope='module')
+def jax_keyed_server(exported, server, tmp_path_factory):
+  """The JAX backend, API keys from a file, a tiny queue and a long batch timeout (to provoke 429)."""
+  keys = tmp_path_factory.mktemp('keys') / 'keys.txt'
+  keys.write_text(f'# test keys\n{KEY_ALL} *\n{KEY_RESNET} digits_resnet\n')
+  srv = ServerProcess(exported['base'], '--backend', 'jax', '--api-keys', str(keys), '--max-queue-rows', '2',
+                      '--batch-timeout-ms', '300', '--max-batch-size', '8', '--buckets', '1,8')
+  yield srv
+  srv.stop()
+
+
+@pytest.fixture(scope='module')
+def reference(exported):
+  x = heldout_digits(5)
+  return x, jax_reference(exported['workdirs']['digits'], x)
+
+
+def post(url, path, body, **kw):
+  return httpx.post(url + path, content=body if isinstance(body, bytes) else json.dumps(body), timeout=30, **kw)
+
+
+def test_v1_row_and_columnar_formats(server, reference):
+  x, ref = reference
+  rows = post(server.url, '/v1/models/digits:predict', {'instances': x.tolist()})
+  assert rows.status_code == 200
+  preds = rows.json()['predictions']
+  assert len(preds) == 5 and set(preds[0]) == {'logits', 'probabilities', 'classes', 'top_k_classes',
+                                                'top_k_probabilities'}
+  np.testing.assert_allclose([p['logits'] for p in preds], ref['logits'], atol=1e-5)
+  assert [p['classes'] for p in preds] == ref['classes'].tolist()
+  cols = post(server.url, '/v1/models/digits/versions/1:predict', {'inputs': {'inputs': x.tolist()},
+                                                                   'signature_name': 'serving_default'})
+  assert cols.status_code == 200
+  np.testing.assert_allclose(cols.json()['outputs']['probabilities'], ref['probabilities'], atol=1e-5)
+  # A single-input model also takes the bare tensor as "inputs", as TF Serving does.
+  bare = post(server.url, '/v1/models/digits:predict', {'inputs': x.tolist()})
+  assert bare.json()['outputs']['classes'] == ref['classes'].tolist()
+
+
+def test_v2_json_and_binary(server, reference):
+  x, ref = reference
+  body = {'id': 'r1', 'inputs': [{'name': 'inputs', 'shape': list(x.shape), 'datatype': 'FP32',
+                                  'data': x.reshape(-1).tolist()}],
+          'outputs': [{'name': 'logits'}, {'name': 'classes'}]}
+  r = post(server.url, '/v2/models/digits/infer', body)
+  assert r.status_code == 200
+  resp = r.json()
+  assert resp['id'] == 'r1' and resp['model_name'] == 'digits' and resp['model_version'] == '1'
+  out = {o['name']: o for o in resp['outputs']}
+  assert set(out) == {'logits', 'classes'} and out['logits']['shape'] == [5, 10]
+  assert out['classes']['datatype'] == 'INT32' and out['classes']['data'] == ref['classes'].tolist()
+  np.testing.assert_allclose(np.reshape(out['logits']['data'], (5, 10)), ref['logits'], atol=1e-5)
+  with Client(server.url) as c:  # binary tensor data extension, both ways
+    got = c.infer('digits', {'inputs': x}, version=1)
+    np.testing.assert_allclose(got['probabilities'], ref['probabilities'], atol=1e-5)
+    assert c.predict('digits_resnet', x[:2])[0]['probabilities'] == pytest.approx(
+        c.infer('digits_resnet', {'inputs': x[:2]})['probabilities'][0].tolist(), abs=1e-6)
+
+
+def test_tritonclient_unchanged(server, reference):
+  tritonclient_http = pytest.importorskip('tritonclient.http')
+  x, ref = reference
+  client = tritonclient_http.InferenceServerClient(server.url[len('http://'):])
+  assert client.is_server_live() and client.is_server_ready() and client.is_model_ready('digits')
+  assert client.get_model_metadata('digits')['inputs'][0]['shape'] == [-1, 8, 8, 1]
+  inp = tritonclient_http.InferInput('inputs', list(x.shape), 'FP32')
+  inp.set_data_from_numpy(x)  # binary by default
+  result = client.infer('digits', [inp], outputs=[tritonclient_http.InferRequestedOutput('logits')])
+  np.testing.assert_allclose(result.as_numpy('logits'), ref['logits'], atol=1e-5)
+  assert result.as_numpy('classes') is None
+
+
+def test_status_metadata_and_index(server):
+  status = httpx.get(server.url + '/v1/models/digits').json()
+  assert status == {'model_version_status': [{'version': '1', 'state': 'AVAILABLE',
+                                              'status': {'error_code': 'OK', 'error_message': ''}}]}
+  meta = httpx.get(server.url + '/v1/models/digits/versions/1/metadata').json()
+  sig = meta['metadata']['signature_def']['signature_def']['serving_default']
+  assert sig['inputs']['inputs']['dtype'] == 'DT_FLOAT'
+  assert [d['size'] for d in sig['inputs']['inputs']['tensor_shape']['dim']] == ['-1', '8', '8', '1']
+  assert sig['outputs']['classes']['dtype'] == 'DT_INT32'
+  v2 = httpx.get(server.url + '/v2/models/digits').json()
+  assert v2['platform'] == 'tensorflow_savedmodel' and v2['versions'] == ['1']
+  assert httpx.get(server.url + '/v2').json()['extensions'] == ['binary_tensor_data', 'model_repository']
+  index = httpx.post(server.url + '/v2/repository/index').json()
+  by_name = {e['name']: e for e in index}
+  assert by_name['digits']['state'] == 'READY' and 'test/accuracy' in by_name['digits']['metrics']
+  assert by_name['broken']['state'] == 'UNAVAILABLE' and by_name['broken']['reason']
+  # One broken model does not take the server (and the healthy models) out of rotation.
+  assert httpx.get(server.url + '/v2/health/ready').status_code == 200
+  assert httpx.get(server.url + '/v2/models/broken/ready').status_code == 503
+  assert httpx.get(server.url + '/v2/health/live').status_code == 200
+  assert httpx.get(server.url + '/v2/models/digits/ready').status_code == 200
+
+
+@pytest.mark.parametrize('path,body,status,fragment', [
+    ('/v1/models/digits:predict', {'instances': [[[1.0]]]}, 400, "input 'inputs': shape [1, 1, 1]"),
+    ('/v1/models/digits:predict', {'instances': [[1, 2], [3]]}, 400, "input 'inputs': expected a nested list"),
+    ('/v1/models/digits:predict', {'instances': [{'pixels': 1}]}, 400, "unknown input(s) ['pixels']"),
+    ('/v1/models/digits:predict', {'instance': []}, 400, 'exactly one of "instances"'),
+    ('/v1/models/digits:predict', {'inputs': [], 'signature_name': 'nope'}, 400, "signature 'nope'"),
+    ('/v1/models/digits:predict', b'{not json', 400, 'not valid JSON'),
+    ('/v2/models/digits/infer', {'inputs': [{'name': 'inputs', 'shape': [1, 8, 8, 1], 'datatype': 'FP64',
+                                             'data': [0.0] * 64}]}, 400, "datatype 'FP64' does not match"),
+    ('/v2/models/digits/infer', {'inputs': [{'name': 'inputs', 'shape': [1, 8, 8, 1], 'datatype': 'FP32',
+                                             'data': [0.0] * 63}]}, 400, '63 values do not fill shape'),
+    ('/v1/models/nosuch:predict', {'instances': [0]}, 404, "model 'nosuch' is not served"),
+    ('/v1/models/digits/versions/7:predict', {'instances': [0]}, 404, 'version 7 of model'),
+    ('/v2/models/digits/versions/7/infer', {'inputs': []}, 404, 'version 7 of model'),
+    ('/v1/models/broken:predict', {'instances': [0]}, 503, "model 'broken' has no version available"),
+    ('/v1/models/digits:predict', {'instances': [[[[0.0]] * 8] * 8] * 1000}, 413, 'exceeds the limit of 200000'),
+])
+def test_errors_name_what_was_wrong(server, path, body, status, fragment):
+  r = post(server.url, path, body)
+  assert r.status_code == status, r.text
+  assert fragment in r.json()['error']
+
+
+def test_nan_refused_via_binary_input(server):
+  x = np.zeros((1, 8, 8, 1), np.float32)
+  x[0, 3, 3, 0] = np.nan
+  with Client(server.url) as c, pytest.raises(ServerError, match="input 'inputs': contains NaN") as e:
+    c.infer('digits', {'inputs': x})
+  assert e.value.status == 400
+
+
+def test_concurrent_requests_are_batched_and_metered(server, reference):
+  x, ref = reference
+  def one(i):
+    r = post(server.url, '/v2/models/digits/infer', {'inputs': [{'name': 'inputs', 'shape': [1, 8, 8, 1],
+                                                                 'datatype': 'FP32', 'data': x[i % 5].ravel().tolist()}]})
+    return r.status_code, {o['name']: o for o in r.json()['outputs']}['classes']['data'][0]
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    results = list(pool.map(one, range(64)))
+  assert all(code == 200 for code, _ in results)
+  assert [cls for _, cls in results] == [int(ref['classes'][i % 5]) for i in range(64)]
+  text = httpx.get(server.url + '/metrics').text
+  metric = lambda name: float(next(l.split()[-1] for l in text.splitlines() if l.startswith(name)))
+  calls = metric('maasjax_batch_size_count{model="digits"}')
+  rows = metric('maasjax_batch_size_sum{model="digits"}')
+  assert rows >= 64 and rows / calls > 1.0, (rows, calls)  # some calls carried several requests
+  assert metric('maasjax_requests_total{api="v2",code="200",model="digits"}') >= 64
+  assert metric('maasjax_request_errors_total{code="404"}') >= 1
+  assert 'maasjax_request_latency_seconds_bucket' in text and 'maasjax_queue_rows' in text
+  assert metric('maasjax_model_events_total{event="load_failed",model="broken"}') == 1
+
+
+def test_api_keys_allow_and_deny(jax_keyed_server, reference):
+  url = jax_keyed_server.url
+  x, _ = reference
+  body = {'instances': x[:1].tolist()}
+  assert post(url, '/v1/models/digits:predict', body).status_code == 401
+  assert 'missing API key' in post(url, '/v1/models/digits:predict', body).json()['error']
+  wrong = post(url, '/v1/models/digits:predict', body, headers={'Authorization': 'Bearer ' + KEY_ALL[:-1] + 'x'})
+  assert wrong.status_code == 401 and wrong.json()['error'] == 'invalid API key'
+  denied = post(url, '/v1/models/digits:predict', body, headers={'Authorization': 'Bearer ' + KEY_RESNET})
+  assert denied.status_code == 403 and "model 'digits'" in denied.json()['error']
+  assert post(url, '/v1/models/digits_resnet:predict', body,
+              headers={'Authorization': 'Bearer ' + KEY_RESNET}).status_code == 200
+  assert httpx.get(url + '/v1/models/digits', headers={'Authorization': 'Bearer ' + KEY_RESNET}).status_code == 403
+  index = httpx.post(url + '/v2/repository/index', headers={'Authorization': 'Bearer ' + KEY_RESNET}).json()
+  assert [e['name'] for e in index] == ['digits_resnet']
+  assert httpx.get(url + '/v2/health/ready').status_code in (200, 503)  # probes need no key
+
+
+def test_jax_backend_matches_savedmodel(jax_keyed_server, server, reference):
+  x, ref = reference
+  with Client(jax_keyed_server.url, api_key=KEY_ALL) as c:
+    assert c.metadata('digits')['platform'] == 'jax'
+    got = c.infer('digits', {'inputs': x})
+  with Client(server.url) as c:
+    tf_out = c.infer('digits', {'inputs': x})
+  for name in ('logits', 'probabilities'):
+    np.testing.assert_allclose(got[name], ref[name], atol=1e-5)
+    np.testing.assert_allclose(got[name], tf_out[name], atol=1e-5)
+  np.testing.assert_array_equal(got['classes'], tf_out['classes'])
+
+
+def test_overload_gets_429(jax_keyed_server, reference):
+  x, _ = reference
+  headers = {'Authorization': 'Bearer ' + KEY_ALL}
+  def one(_):
+    return post(jax_keyed_server.url, '/v1/models/digits:predict', {'instances': x[:1].tolist()}, headers=headers)
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    responses = list(pool.map(one, range(8)))
+  codes = sorted(r.status_code for r in responses)
+  assert codes.count(200) >= 1 and codes.count(429) >= 1, codes
+  assert set(codes) <= {200, 429}
+  assert 'overloaded' in next(r for r in responses if r.status_code == 429).json()['error']
