@@ -76,6 +76,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics) -> FastAPI:
   executor = ThreadPoolExecutor(settings.model_threads, thread_name_prefix='maasjax-model')
   state = {'loop': None}
+  metric_children = {}
 
   def close_runners(model: LoadedModel) -> None:
     loop = state['loop']
@@ -143,8 +144,13 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
       response = _error(500, f'model {name!r} failed: {type(e).__name__}: {str(e)[:300]}')
     code = response.status_code
     elapsed = time.perf_counter() - t0
-    metrics.requests.labels(label, api, str(code)).inc()
-    metrics.latency.labels(label, api).observe(elapsed)
+    key = (label, api, code)
+    children = metric_children.get(key)
+    if children is None:  # label lookups cost more than the increments: cache the children
+      children = metric_children[key] = (metrics.requests.labels(label, api, str(code)),
+                                         metrics.latency.labels(label, api))
+    children[0].inc()
+    children[1].observe(elapsed)
     if code != 200:
       metrics.errors.labels(str(code)).inc()
     if log.isEnabledFor(logging.DEBUG):
@@ -161,13 +167,13 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
     outputs = await runner(model, sig_name).submit(inputs, codec.batch_rows(inputs, sig))
     return Response(codec.v1_response(outputs, row_format), media_type=JSON)
 
-  @app.post('/v1/models/{name}:predict')
-  async def v1_predict(name: str, request: Request):
-    return await handle(request, name, None, 'v1', v1_predict_work)
+  # The hot routes are plain Starlette routes: FastAPI's per-request dependency solving costs as much as parsing.
+  async def v1_predict(request: Request):
+    p = request.path_params
+    return await handle(request, p['name'], p.get('version'), 'v1', v1_predict_work)
 
-  @app.post('/v1/models/{name}/versions/{version}:predict')
-  async def v1_predict_version(name: str, version: str, request: Request):
-    return await handle(request, name, version, 'v1', v1_predict_work)
+  app.add_route('/v1/models/{name}:predict', v1_predict, methods=['POST'])
+  app.add_route('/v1/models/{name}/versions/{version}:predict', v1_predict, methods=['POST'])
 
   @app.post('/v1/models/{name}:{method}')
   async def v1_other_method(name: str, method: str, request: Request):
@@ -236,13 +242,12 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
     content, headers = codec.v2_response(req, model.name, model.version, outputs)
     return Response(content, media_type='application/octet-stream' if headers else JSON, headers=headers)
 
-  @app.post('/v2/models/{name}/infer')
-  async def v2_infer(name: str, request: Request):
-    return await handle(request, name, None, 'v2', v2_infer_work)
+  async def v2_infer(request: Request):
+    p = request.path_params
+    return await handle(request, p['name'], p.get('version'), 'v2', v2_infer_work)
 
-  @app.post('/v2/models/{name}/versions/{version}/infer')
-  async def v2_infer_version(name: str, version: str, request: Request):
-    return await handle(request, name, version, 'v2', v2_infer_work)
+  app.add_route('/v2/models/{name}/infer', v2_infer, methods=['POST'])
+  app.add_route('/v2/models/{name}/versions/{version}/infer', v2_infer, methods=['POST'])
 
   def v2_metadata(name: str, version: str | None, request: Request) -> Response:
     authorize(request, name)

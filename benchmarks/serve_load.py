@@ -1,0 +1,129 @@
+r"""Serving load test: `maasjax serve` on 127.0.0.1, driven by a lean HTTP/1.1 load generator in this process.
+
+  .venv/bin/python benchmarks/serve_load.py --model-base-path exports --model digits
+
+Runs batching on and off; each run sends `--requests` single-example OIP v2 JSON requests over
+`--clients` keep-alive connections and reports req/s, p50/p99 latency and the server's average
+batch size (from its /metrics). Needs an exported model (`make demo` writes exports/digits).
+"""
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def start_server(base, port, extra):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  proc = subprocess.Popen([sys.executable, '-m', 'maasjax.cli', 'serve', '--model-base-path', base,
+                           '--port', str(port), '--log-level', 'warning', *extra],
+                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    try:
+      if httpx.get(f'http://127.0.0.1:{port}/v2/health/ready', timeout=1).status_code == 200:
+        return proc
+    except httpx.HTTPError:
+      pass
+    if proc.poll() is not None:
+      raise SystemExit(f'server exited with {proc.returncode}')
+    time.sleep(0.3)
+  proc.kill()
+  raise SystemExit('server did not become ready')
+
+
+def batch_stats(port, model):
+  text = httpx.get(f'http://127.0.0.1:{port}/metrics').text
+  get = lambda key: sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(key))
+  return get(f'maasjax_batch_size_sum{{model="{model}"}}'), get(f'maasjax_batch_size_count{{model="{model}"}}')
+
+
+async def client(port, request, n, latencies, errors):
+  reader, writer = await asyncio.open_connection('127.0.0.1', port)
+  for _ in range(n):
+    t0 = time.perf_counter()
+    writer.write(request)
+    head = await reader.readuntil(b'\r\n\r\n')
+    length = int(head.lower().split(b'content-length:')[1].split(b'\r\n')[0])
+    await reader.readexactly(length)
+    latencies.append(time.perf_counter() - t0)
+    if not head.startswith(b'HTTP/1.1 200'):
+      errors.append(head.split(b'\r\n')[0])
+  writer.close()
+
+
+async def drive(port, request, clients, total):
+  latencies, errors = [], []
+  per = total // clients
+  t0 = time.perf_counter()
+  await asyncio.gather(*(client(port, request, per, latencies, errors) for _ in range(clients)))
+  return time.perf_counter() - t0, latencies, errors
+
+
+def asyncio_run(coro):
+  import uvloop  # the load generator shares the 2 cores with the server: keep it lean
+  return uvloop.run(coro)
+
+
+def run(base, model, clients, total, extra, label):
+  port = free_port()
+  proc = start_server(base, port, extra)
+  try:
+    x = np.random.default_rng(0).integers(0, 17, size=64).astype(np.float32)
+    body = json.dumps({'inputs': [{'name': 'inputs', 'shape': [1, 8, 8, 1], 'datatype': 'FP32',
+                                   'data': x.tolist()}], 'outputs': [{'name': 'classes'}]}).encode()
+    request = (f'POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n'
+               f'Content-Length: {len(body)}\r\n\r\n').encode() + body
+    asyncio_run(drive(port, request, clients, min(total, 50 * clients)))  # warm connections and caches
+    rows0, calls0 = batch_stats(port, model)
+    seconds, lat, errors = asyncio_run(drive(port, request, clients, total))
+    rows1, calls1 = batch_stats(port, model)
+  finally:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+  lat_ms = np.asarray(lat) * 1e3
+  return {'run': label, 'requests': len(lat), 'errors': len(errors), 'req_per_s': len(lat) / seconds,
+          'p50_ms': float(np.percentile(lat_ms, 50)), 'p99_ms': float(np.percentile(lat_ms, 99)),
+          'avg_batch': (rows1 - rows0) / max(calls1 - calls0, 1), 'server_args': ' '.join(extra)}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--model-base-path', default='exports')
+  p.add_argument('--model', default='digits')
+  p.add_argument('--clients', type=int, default=16)
+  p.add_argument('--requests', type=int, default=8000)
+  p.add_argument('--max-batch-size', type=int, default=32)
+  p.add_argument('--batch-timeout-ms', default='1')
+  args = p.parse_args()
+  if not os.path.isdir(os.path.join(args.model_base_path, args.model)):
+    raise SystemExit(f'{args.model_base_path}/{args.model} not found; run `make demo` (exports/digits) or '
+                     f'maasjax export --workdir ... --model-name {args.model} --out {args.model_base_path}')
+  common = ['--max-batch-size', str(args.max_batch_size)]
+  rows = [run(args.model_base_path, args.model, args.clients, args.requests,
+              common + ['--batch-timeout-ms', args.batch_timeout_ms], 'batching on'),
+          run(args.model_base_path, args.model, args.clients, args.requests, common + ['--no-batching'], 'batching off')]
+  print(f'{"run":14s} {"requests":>8s} {"errors":>6s} {"req/s":>8s} {"p50 ms":>7s} {"p99 ms":>7s} {"avg batch":>9s}')
+  for r in rows:
+    print(f'{r["run"]:14s} {r["requests"]:8d} {r["errors"]:6d} {r["req_per_s"]:8.0f} {r["p50_ms"]:7.2f} '
+          f'{r["p99_ms"]:7.2f} {r["avg_batch"]:9.2f}   (serve {r["server_args"]})')
+  print(json.dumps(rows))
+
+
+if __name__ == '__main__':
+  main()
