@@ -159,6 +159,18 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
                              }).decode())
     return response
 
+  def both_versions(api: str, suffix: str, fn, method: str = 'GET') -> None:
+    """Routes /API/models/NAME[/versions/V]SUFFIX to `fn(name, version or None, request)`.
+
+    Plain Starlette routes: FastAPI's per-request dependency solving costs as much as parsing the body.
+    """
+    async def endpoint(request: Request):
+      p = request.path_params
+      result = fn(p['name'], p.get('version'), request)
+      return await result if asyncio.iscoroutine(result) else result
+    for path in (f'/{api}/models/{{name}}', f'/{api}/models/{{name}}/versions/{{version}}'):
+      app.add_route(path + suffix, endpoint, methods=[method])
+
   # --- TF Serving REST API v1 ---------------------------------------------------------------
   async def v1_predict_work(model, body, request):
     req = codec.loads(body)
@@ -167,13 +179,10 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
     outputs = await runner(model, sig_name).submit(inputs, codec.batch_rows(inputs, sig))
     return Response(codec.v1_response(outputs, row_format), media_type=JSON)
 
-  # The hot routes are plain Starlette routes: FastAPI's per-request dependency solving costs as much as parsing.
-  async def v1_predict(request: Request):
-    p = request.path_params
-    return await handle(request, p['name'], p.get('version'), 'v1', v1_predict_work)
+  async def v1_predict(name, version, request):
+    return await handle(request, name, version, 'v1', v1_predict_work)
 
-  app.add_route('/v1/models/{name}:predict', v1_predict, methods=['POST'])
-  app.add_route('/v1/models/{name}/versions/{version}:predict', v1_predict, methods=['POST'])
+  both_versions('v1', ':predict', v1_predict, 'POST')
 
   @app.post('/v1/models/{name}:{method}')
   async def v1_other_method(name: str, method: str, request: Request):
@@ -194,13 +203,7 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
          'status': {'error_code': 'UNKNOWN' if s.error else 'OK', 'error_message': s.error}} for k, s in statuses]}),
         media_type=JSON)
 
-  @app.get('/v1/models/{name}')
-  async def v1_model_status(name: str, request: Request):
-    return v1_status(name, None, request)
-
-  @app.get('/v1/models/{name}/versions/{version}')
-  async def v1_version_status(name: str, version: str, request: Request):
-    return v1_status(name, version, request)
+  both_versions('v1', '', v1_status)
 
   def v1_metadata(name: str, version: str | None, request: Request) -> Response:
     authorize(request, name)
@@ -210,13 +213,7 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
         'metadata': {'signature_def': {'signature_def': {
             k: codec.v1_signature_def(s) for k, s in model.signatures.items()}}}}), media_type=JSON)
 
-  @app.get('/v1/models/{name}/metadata')
-  async def v1_model_metadata(name: str, request: Request):
-    return v1_metadata(name, None, request)
-
-  @app.get('/v1/models/{name}/versions/{version}/metadata')
-  async def v1_version_metadata(name: str, version: str, request: Request):
-    return v1_metadata(name, version, request)
+  both_versions('v1', '/metadata', v1_metadata)
 
   # --- Open Inference Protocol v2 -------------------------------------------------------------
   @app.get('/v2')
@@ -242,12 +239,10 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
     content, headers = codec.v2_response(req, model.name, model.version, outputs)
     return Response(content, media_type='application/octet-stream' if headers else JSON, headers=headers)
 
-  async def v2_infer(request: Request):
-    p = request.path_params
-    return await handle(request, p['name'], p.get('version'), 'v2', v2_infer_work)
+  async def v2_infer(name, version, request):
+    return await handle(request, name, version, 'v2', v2_infer_work)
 
-  app.add_route('/v2/models/{name}/infer', v2_infer, methods=['POST'])
-  app.add_route('/v2/models/{name}/versions/{version}/infer', v2_infer, methods=['POST'])
+  both_versions('v2', '/infer', v2_infer, 'POST')
 
   def v2_metadata(name: str, version: str | None, request: Request) -> Response:
     authorize(request, name)
@@ -260,13 +255,7 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
         'outputs': [codec.v2_tensor_metadata(k, shape, dtype) for k, (shape, dtype) in sig.outputs.items()]}),
         media_type=JSON)
 
-  @app.get('/v2/models/{name}')
-  async def v2_model_metadata(name: str, request: Request):
-    return v2_metadata(name, None, request)
-
-  @app.get('/v2/models/{name}/versions/{version}')
-  async def v2_version_metadata(name: str, version: str, request: Request):
-    return v2_metadata(name, version, request)
+  both_versions('v2', '', v2_metadata)
 
   def v2_model_ready(name: str, version: str | None, request: Request) -> Response:
     authorize(request, name)
@@ -279,13 +268,7 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
       ready = False
     return Response(codec.dumps({'name': name, 'ready': ready}), status_code=200 if ready else 503, media_type=JSON)
 
-  @app.get('/v2/models/{name}/ready')
-  async def v2_model_ready_latest(name: str, request: Request):
-    return v2_model_ready(name, None, request)
-
-  @app.get('/v2/models/{name}/versions/{version}/ready')
-  async def v2_version_ready(name: str, version: str, request: Request):
-    return v2_model_ready(name, version, request)
+  both_versions('v2', '/ready', v2_model_ready)
 
   @app.get('/v2/models/{name}/config')
   async def v2_model_config(name: str, request: Request):
