@@ -8,8 +8,9 @@ against the abstract parameter tree into plain `(regex, axes)` rules, appended a
 """
 from __future__ import annotations
 
+import math
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -103,20 +104,13 @@ def register_tensor_axes(model_name: str, fn: Callable[[Leaves, int], dict[str, 
 
 def add_fsdp(shape: tuple[int, ...], axes: tuple, size: int, min_size: int) -> tuple:
   """Puts 'fsdp' on the largest still-unsplit dimension that it divides (the first of equals)."""
-  if size <= 1 or not shape or _numel(shape) < min_size or FSDP in _flat(axes):
+  if size <= 1 or not shape or math.prod(shape) < min_size or FSDP in _flat(axes):
     return axes
   free = [d for d in range(len(shape)) if axes[d] is None and shape[d] % size == 0]
   if not free:
     return axes
   best = max(free, key=lambda d: (shape[d], -d))
   return axes[:best] + (FSDP,) + axes[best + 1:]
-
-
-def _numel(shape) -> int:
-  n = 1
-  for d in shape:
-    n *= d
-  return n
 
 
 def _flat(axes: tuple) -> list:
@@ -173,15 +167,3 @@ def plan(config: ml_collections.ConfigDict) -> Callable[[Any, Mesh], list[Rule]]
                         f'{model_name!r}; its parameters are: {", ".join(names)}')
     return own + preset_rules(preset, model_name, params, mesh, min_size)
   return rules_for
-
-
-def describe(params: Any, shardings: Any) -> list[dict[str, Any]]:
-  """One row per parameter: path, shape, PartitionSpec and bytes held per device."""
-  rows = []
-  flat_p = jax.tree_util.tree_flatten_with_path(params)[0]
-  flat_s = jax.tree.leaves(shardings, is_leaf=lambda x: hasattr(x, 'spec'))
-  for (path, leaf), sharding in zip(flat_p, flat_s):
-    shard_shape = sharding.shard_shape(tuple(leaf.shape))
-    rows.append({'name': parallel.path_name(path), 'shape': tuple(leaf.shape), 'spec': tuple(sharding.spec),
-                 'bytes_per_device': _numel(shard_shape) * leaf.dtype.itemsize})
-  return rows
