@@ -95,11 +95,10 @@ class ArrayDataset(Dataset):
     local = host_slice(batch_size, process_index, process_count)
     batch = {k: v[idx[local]] for k, v in train.items()}
     if self._augment is not None:
-      # Augmentation randomness is a pure function of (seed, step): each host augments the global
-      # batch and keeps its rows, so N hosts train on exactly what one host would (cheap for these
-      # in-memory datasets).
+      # Augmentation randomness is a pure function of (seed, step), drawn for the global batch: each
+      # host augments only its rows, exactly as one host would.
       rng = np.random.default_rng([self._seed, step, 0, 7])
-      batch['inputs'] = self._augment(train['inputs'][idx], rng)[local]
+      batch['inputs'] = self._augment(batch['inputs'], rng, local, batch_size)
     return batch
 
   def eval_batches(self, split, batch_size, process_index=0, process_count=1):

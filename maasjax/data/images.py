@@ -28,18 +28,22 @@ def make_augment(aug: ml_collections.ConfigDict | None):
   if not shift and not flip:
     return None
 
-  def augment(x_BxHxWxC: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  def augment(x_BxHxWxC: np.ndarray, rng: np.random.Generator, part: slice = slice(None),
+              global_batch: int | None = None) -> np.ndarray:
+    """`x` holds rows `part` of a global batch: the draws are made for the whole batch and sliced, so a
+    host augments its rows exactly as a single host would."""
     b, h, w, _ = x_BxHxWxC.shape
+    n = global_batch or b
     out = x_BxHxWxC
     if shift:
       padded = np.pad(x_BxHxWxC, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
-      dy = rng.integers(0, 2 * shift + 1, size=b)
-      dx = rng.integers(0, 2 * shift + 1, size=b)
+      dy = rng.integers(0, 2 * shift + 1, size=n)[part]
+      dx = rng.integers(0, 2 * shift + 1, size=n)[part]
       rows = dy[:, None] + np.arange(h)[None, :]
       cols = dx[:, None] + np.arange(w)[None, :]
       out = padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
     if flip:
-      flips = rng.random(b) < 0.5
+      flips = rng.random(n)[part] < 0.5
       out = np.where(flips[:, None, None, None], out[:, :, ::-1], out)
     return out
 
