@@ -65,15 +65,10 @@ def detected_cluster() -> str | None:
   return None
 
 
-def is_initialized() -> bool:
-  from jax._src import distributed as _dist  # the public API has no query for this
-  return _dist.global_state.client is not None
-
-
 def initialize(config: ml_collections.ConfigDict | None = None) -> bool:
   """Joins the cluster if asked (see module doc); returns whether this process is in a cluster."""
   s = _settings(config)
-  if is_initialized():
+  if jax.distributed.is_initialized():
     return True
   explicit = any(s[k] is not None for k in ('coordinator_address', 'num_processes', 'process_id'))
   cluster = detected_cluster()
