@@ -18,6 +18,7 @@ import re
 import sys
 
 import jax
+import ml_collections
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 # XLA:CPU takes 6-11 s to compile partitionable-threefry random bits for one rank-4 shape (a conv
@@ -40,9 +41,14 @@ from maasjax.train.steps import compile_steps  # noqa: E402
 from maasjax.train.tasks import get_task  # noqa: E402
 
 # Tiny configs per model family: a few steps of each take well under a second on 2 cores.
+# The LM is experiments/lm_tpu.py shrunk, on the bundled character text: 8 heads so that a
+# 'model' axis of 8 splits them.
 TINY = {
     'cnn': ('digits_cnn', {'model.features': (8, 16), 'model.dense': 32, 'model.dropout': 0.1}),
     'mlp': ('digits_mlp', {'model.hidden': (32, 32), 'model.dropout': 0.1}),
+    'lm': ('lm_tpu', {'model.num_layers': 1, 'model.num_heads': 8, 'model.emb_dim': 64, 'model.mlp_dim': 128,
+                      'model.max_len': 64, 'model.dropout': 0.1, 'model.remat': False,
+                      'dataset': {'name': 'char_text', 'seq_len': 32}}),
 }
 
 
@@ -57,8 +63,10 @@ def tiny_config(case: dict):
     for part in parents:
       node = node[part]
     with node.unlocked():
-      node[last] = value
+      node[last] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
   with config.unlocked():
+    if 'remat' in case:
+      config.model.remat = bool(case['remat'])
     config.mesh = dict(case['mesh'])
     config.sharding.preset = case.get('preset', 'replicate')
     config.sharding.rules = tuple(tuple(r) for r in case.get('rules', ()))
@@ -110,6 +118,7 @@ def flat_arrays(tree) -> dict[str, np.ndarray]:
 
 def summary(state) -> dict:
   return {'param_specs': specs(state.params), 'opt_specs': specs(state.opt_state),
+          'param_shapes': {k: list(v.shape) for k, v in flat_arrays(state.params).items()},
           'param_dtypes': sorted({str(x.dtype) for x in jax.tree.leaves(state.params)}),
           'opt_dtypes': sorted({str(x.dtype) for x in jax.tree.leaves(state.opt_state)}),
           'param_bytes_per_device': per_device_bytes(state.params),

@@ -11,6 +11,7 @@ import pytest
 
 from maasjax import distributed
 from maasjax.config import ConfigError
+from test_sharding import FAST_COMPILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,8 +31,7 @@ def launch(workdir, devices: int, extra=()):
   env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS='cpu',
              # Same numbers either way; the classic counters compile ~20x faster on XLA:CPU
              # (see tests/mesh_worker.py).
-             JAX_THREEFRY_PARTITIONABLE='false')
-  env.pop('XLA_FLAGS', None)
+             JAX_THREEFRY_PARTITIONABLE='false', XLA_FLAGS=FAST_COMPILE)
   cmd = [sys.executable, '-m', 'maasjax.cli', 'train', '--config', 'experiments/digits_cnn.py',
          '--workdir', str(workdir), *TINY, *extra]
   return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -2,6 +2,7 @@
 curve of 1 device, with parameters placed as the rules say; and the rules' own errors and layouts."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -13,13 +14,14 @@ from maasjax import parallel, sharding
 from maasjax.config import ConfigError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Compiling, not running, is what these tiny models spend their time on: LLVM at -O0 halves it here.
+FAST_COMPILE = '--xla_backend_optimization_level=0'
 
 
 def run_worker(jobs, devices: int, tmp_path, timeout: int = 600, name: str = 'out.json'):
   """Runs tests/mesh_worker.py with `devices` simulated CPU devices; returns its results."""
   out = tmp_path / name
-  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS='cpu', XLA_FLAGS=FAST_COMPILE)
   proc = subprocess.run([sys.executable, os.path.join(HERE, 'mesh_worker.py'), str(out), json.dumps(jobs)],
                         env=env, capture_output=True, text=True, timeout=timeout)
   assert proc.returncode == 0, proc.stderr[-4000:]
@@ -49,6 +51,33 @@ CNN_SPECS = {
                      'Dense_1/kernel': ['model']},
 }
 
+# Megatron layout of the Transformer: heads (q/k/v outputs, attention-output inputs) and MLP hidden
+# units over 'model'; the vocabulary of embedding and logits too when the axis divides it.
+LM_TENSOR = [(r'attention/(query|key|value)/kernel$', [None, 'model']), (r'attention/(query|key|value)/bias$', ['model']),
+             (r'attention/out/kernel$', ['model']), (r'mlp/wi/kernel$', [None, 'model']), (r'mlp/wi/bias$', ['model']),
+             (r'mlp/wo/kernel$', ['model'])]
+LM_VOCAB = [(r'embed/embedding$', ['model']), (r'logits/kernel$', [None, 'model']), (r'logits/bias$', ['model'])]
+
+
+def lm_specs(name: str, run: dict) -> dict:
+  """The placement the preset promises for each LM parameter, from its shape."""
+  mesh, _ = MESHES[name]
+  expected = {}
+  vocab = run['param_shapes']['decoder/embed/embedding'][0]
+  for path, shape in run['param_shapes'].items():
+    spec = []
+    if 'model' in mesh:
+      table = LM_TENSOR + (LM_VOCAB if vocab % mesh['model'] == 0 else [])
+      spec = next((s for pattern, s in table if re.search(pattern, path)), [])
+    if 'fsdp' in mesh:  # the largest dimension 'fsdp' divides (the first of equals), if any
+      free = [d for d, n in enumerate(shape) if n % mesh['fsdp'] == 0]
+      if free:
+        best = max(free, key=lambda d: (shape[d], -d))
+        spec = [None] * best + ['fsdp']
+    if spec:
+      expected[path] = spec
+  return expected
+
 
 def strip(spec):
   """PartitionSpec as JSON, without trailing Nones: [] is replicated."""
@@ -58,26 +87,39 @@ def strip(spec):
   return spec
 
 
+def lm_available() -> bool:
+  """The Transformer LM, its task and the bundled text come with the model zoo (issue 4).
+  TODO(scale): drop this guard once they are committed."""
+  from maasjax.data import DATASETS
+  from maasjax.models import MODELS
+  return 'transformer_lm' in MODELS and 'char_text' in DATASETS
+
+
 @pytest.fixture(scope='module')
-def cnn_runs(tmp_path_factory):
-  cases = [{'name': name, 'model': 'cnn', 'mesh': mesh, 'preset': preset, 'steps': 4,
-            **({'devices': 1, 'inspect': True} if name == 'one_device' else {})}
-           for name, (mesh, preset) in MESHES.items()]
-  cases.append({'name': 'bf16_fsdp', 'model': 'cnn', 'mesh': {'fsdp': 8}, 'preset': 'fsdp', 'steps': 4,
-                'dtype': 'bfloat16', 'inspect': True})
-  return run_worker([{'do': 'cases', 'cases': cases}], 8, tmp_path_factory.mktemp('cnn'))[0]
+def runs(tmp_path_factory):
+  """Both models on every mesh, in one 8-device process (one JAX start-up)."""
+  jobs, models = [], ['cnn'] + (['lm'] if lm_available() else [])
+  extras = {'cnn': [{'name': 'bf16_fsdp', 'mesh': {'fsdp': 8}, 'preset': 'fsdp'}],
+            'lm': [{'name': 'bf16_data_x_model', 'mesh': {'data': 4, 'model': 2}, 'preset': 'tensor'}]}
+  for model in models:
+    extra = extras[model]
+    cases = [{'name': name, 'model': model, 'mesh': mesh, 'preset': preset, 'steps': 3,
+              **({'devices': 1, 'inspect': True} if name == 'one_device' else {}),
+              # The LM's FSDP run also rematerialises its blocks: same numbers, less memory.
+              **({'remat': True} if (model, name) == ('lm', 'fsdp') else {})}
+             for name, (mesh, preset) in MESHES.items()]
+    cases += [dict(c, model=model, steps=3, dtype='bfloat16', inspect=True) for c in extra]
+    jobs.append({'do': 'cases', 'cases': cases})
+  return dict(zip(models, run_worker(jobs, 8, tmp_path_factory.mktemp('meshes'))))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('name', ['data', 'fsdp', 'tensor', 'data_x_model'])
-def test_cnn_loss_curve_matches_one_device(cnn_runs, name):
-  ref, run = cnn_runs['one_device'], cnn_runs[name]
-  assert ref['num_devices'] == 1 and run['num_devices'] == 8
-  assert run['losses'] == pytest.approx(ref['losses'], rel=1e-5, abs=1e-6)
-  assert ref['losses'][-1] < ref['losses'][0]  # it trained
-  placed = {k: strip(v) for k, v in run['param_specs'].items() if strip(v)}
-  assert placed == CNN_SPECS[name]
-  # The optimizer's moments live where their parameters do.
+def model_runs(runs, model):
+  if model not in runs:
+    pytest.skip('the Transformer LM (issue 4) is not registered yet')
+  return runs[model]
+
+
+def check_moments_follow_parameters(run):
   for path, spec in run['opt_specs'].items():
     if '/mu/' in path or '/nu/' in path:
       param = path.split('/mu/')[-1].split('/nu/')[-1]
@@ -85,22 +127,40 @@ def test_cnn_loss_curve_matches_one_device(cnn_runs, name):
 
 
 @pytest.mark.slow
-def test_fsdp_holds_one_eighth_of_the_parameters_per_device(cnn_runs):
-  replicated, fsdp = cnn_runs['data'], cnn_runs['fsdp']
-  ratio = fsdp['param_bytes_per_device'] / replicated['param_bytes_per_device']
-  # All but Dense_1/bias (10 floats of 3,658) are split 8 ways.
-  assert 0.125 <= ratio < 0.14
-  assert fsdp['opt_bytes_per_device'] / replicated['opt_bytes_per_device'] < 0.14
+@pytest.mark.parametrize('model', ['cnn', 'lm'])
+@pytest.mark.parametrize('name', ['data', 'fsdp', 'tensor', 'data_x_model'])
+def test_loss_curve_matches_one_device_and_parameters_are_placed(runs, model, name):
+  ref, run = model_runs(runs, model)['one_device'], runs[model][name]
+  assert ref['num_devices'] == 1 and run['num_devices'] == 8
+  assert run['losses'] == pytest.approx(ref['losses'], rel=1e-5, abs=1e-6)
+  assert ref['losses'][-1] < ref['losses'][0]  # it trained
+  placed = {k: strip(v) for k, v in run['param_specs'].items() if strip(v)}
+  expected = CNN_SPECS[name] if model == 'cnn' else lm_specs(name, run)
+  assert placed == expected
+  if name != 'data':
+    assert placed  # something really is split
+  check_moments_follow_parameters(run)
 
 
 @pytest.mark.slow
-def test_bfloat16_computes_in_bf16_and_keeps_float32_state(cnn_runs):
-  ref, bf16 = cnn_runs['one_device'], cnn_runs['bf16_fsdp']
+def test_fsdp_holds_one_eighth_of_the_parameters_per_device(runs):
+  for model in runs:
+    replicated, fsdp = runs[model]['data'], runs[model]['fsdp']
+    ratio = fsdp['param_bytes_per_device'] / replicated['param_bytes_per_device']
+    # All but a few parameters whose sizes 8 does not divide (the CNN's 10 class biases) split 8 ways.
+    assert 0.125 <= ratio < 0.14, model
+    assert fsdp['opt_bytes_per_device'] / replicated['opt_bytes_per_device'] < 0.14, model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('model,name', [('cnn', 'bf16_fsdp'), ('lm', 'bf16_data_x_model')])
+def test_bfloat16_computes_in_bf16_and_keeps_float32_state(runs, model, name):
+  ref, bf16 = model_runs(runs, model)['one_device'], runs[model][name]
   assert ref['matmul_dtypes'] == ['f32']
   assert bf16['matmul_dtypes'] == ['bf16']  # every conv and matmul, forward and backward
   assert bf16['param_dtypes'] == ['float32'] and bf16['opt_dtypes'] == ['float32', 'int32']
   # No loss scaling: bf16 has float32's exponent range. The curve stays on the float32 one.
-  assert bf16['losses'] == pytest.approx(ref['losses'], abs=1e-2)
+  assert bf16['losses'] == pytest.approx(ref['losses'], abs=2e-2)
   assert bf16['losses'] != ref['losses']
 
 
