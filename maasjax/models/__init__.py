@@ -15,12 +15,22 @@ from maasjax.config import ConfigError, check_name
 from maasjax.models.cnn import CNN
 from maasjax.models.mlp import MLP
 from maasjax.models.resnet import ResNet
+from maasjax.models.graph import GAT, GCN
+from maasjax.models.rnn import GRUClassifier, LSTMClassifier
+from maasjax.models.transformer import DecoderLM, EncoderClassifier, EncoderDecoder
 
 # name -> module class. The class's dataclass fields are its config keys.
 MODELS: dict[str, type[nn.Module]] = {
     'mlp': MLP,
     'cnn': CNN,
     'resnet': ResNet,
+    'gcn': GCN,
+    'gat': GAT,
+    'transformer_classifier': EncoderClassifier,
+    'transformer_lm': DecoderLM,
+    'transformer_seq2seq': EncoderDecoder,
+    'lstm': LSTMClassifier,
+    'gru': GRUClassifier,
 }
 
 

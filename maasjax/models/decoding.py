@@ -1,0 +1,125 @@
+"""Autoregressive decoding for the Transformer LM and seq2seq models: greedy, temperature, top-k.
+
+The cached path prefills the prompt in one call, then feeds one token per step to a KV cache; the
+uncached path re-runs the whole sequence each step (the reference the cache is tested against).
+Prompts are left-padded with 0; positions count each row's real tokens, so padding changes nothing.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from maasjax.models.transformer import PAD_ID, DecoderLM, EncoderDecoder, default_positions
+
+# (tokens_BxL, positions_BxL, cache) -> (logits_BxLxV, cache)
+StepFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
+
+
+def sample_logits(logits_BxV, key, temperature: float = 0.0, top_k: int = 0):
+  """Greedy at temperature 0; otherwise a sample from softmax(logits / T) over the top k (0: all)."""
+  logits_BxV = logits_BxV.astype(jnp.float32).at[:, PAD_ID].set(-jnp.inf)  # padding is never generated
+  if temperature <= 0.0:
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  logits_BxV = logits_BxV / temperature
+  if top_k:
+    # A sort, not lax.top_k: TF 2.21 cannot load the StableHLO jax emits for top_k (exported `generate`).
+    vocab = logits_BxV.shape[-1]
+    kth_Bx1 = jnp.sort(logits_BxV, axis=-1)[:, vocab - min(top_k, vocab)][:, None]
+    logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
+  return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+
+
+def _stop(tokens_B, done_B, eos_id: int | None):
+  tokens_B = jnp.where(done_B, PAD_ID, tokens_B)
+  return tokens_B, done_B | (tokens_B == eos_id) if eos_id is not None else done_B
+
+
+def decode_cached(step_fn: StepFn, cache, prompt_BxP, max_new_tokens: int, rng, temperature: float = 0.0,
+                  top_k: int = 0, eos_id: int | None = None):
+  """Prefill the prompt once, then one cached step per new token. Returns tokens [B, max_new_tokens]."""
+  positions_BxP = default_positions(prompt_BxP != PAD_ID)
+  logits_BxPxV, cache = step_fn(prompt_BxP, positions_BxP, cache)
+  batch = prompt_BxP.shape[0]
+
+  def body(carry, i):
+    logits_BxV, next_pos_B, cache, done_B = carry
+    tokens_B, done_B = _stop(sample_logits(logits_BxV, jax.random.fold_in(rng, i), temperature, top_k), done_B, eos_id)
+    logits_Bx1xV, cache = step_fn(tokens_B[:, None], next_pos_B[:, None], cache)
+    return (logits_Bx1xV[:, 0], next_pos_B + 1, cache, done_B), tokens_B
+
+  carry = (logits_BxPxV[:, -1], positions_BxP[:, -1] + 1, cache, jnp.zeros((batch,), jnp.bool_))
+  # The last token needs no model step after it: scan over all but one, then sample it.
+  (logits_BxV, _, _, done_B), tokens_NxB = jax.lax.scan(body, carry, jnp.arange(max_new_tokens - 1))
+  last_B, _ = _stop(sample_logits(logits_BxV, jax.random.fold_in(rng, max_new_tokens - 1), temperature, top_k),
+                    done_B, eos_id)
+  return jnp.concatenate([tokens_NxB.T, last_B[:, None]], axis=1)
+
+
+def decode_uncached(logits_fn: Callable[[jax.Array], jax.Array], prompt_BxP, max_new_tokens: int, rng,
+                    temperature: float = 0.0, top_k: int = 0, eos_id: int | None = None):
+  """The reference: each step runs `logits_fn` (tokens_BxT -> logits_BxTxV) over the whole sequence."""
+  batch, p = prompt_BxP.shape
+  buffer_BxT = jnp.concatenate([prompt_BxP, jnp.zeros((batch, max_new_tokens), prompt_BxP.dtype)], axis=1)
+
+  def body(i, carry):
+    buffer_BxT, done_B = carry
+    logits_BxV = jax.lax.dynamic_index_in_dim(logits_fn(buffer_BxT), p - 1 + i, axis=1, keepdims=False)
+    tokens_B, done_B = _stop(sample_logits(logits_BxV, jax.random.fold_in(rng, i), temperature, top_k), done_B, eos_id)
+    return jax.lax.dynamic_update_slice(buffer_BxT, tokens_B[:, None].astype(buffer_BxT.dtype), (0, p + i)), done_B
+
+  buffer_BxT, _ = jax.lax.fori_loop(0, max_new_tokens, body, (buffer_BxT, jnp.zeros((batch,), jnp.bool_)))
+  return buffer_BxT[:, p:]
+
+
+def init_cache(model, batch_size: int, method=None, *args):
+  """An empty KV cache (every slot invalid, index 0) for `model`'s decoding calls, from shapes alone."""
+  tokens = jnp.zeros((batch_size, model.max_len), jnp.int32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, tokens, decode=True, method=method))
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])
+
+
+def check_length(model, prompt_len: int, max_new_tokens: int) -> None:
+  if max_new_tokens < 1:
+    raise ValueError(f'max_new_tokens={max_new_tokens}: expected at least 1')
+  if prompt_len + max_new_tokens > model.max_len:
+    raise ValueError(f'prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model\'s '
+                     f'max_len={model.max_len} (its KV cache length)')
+
+
+def lm_generate(model: DecoderLM, params, prompt_BxP, max_new_tokens: int, rng, temperature: float = 0.0,
+                top_k: int = 0, eos_id: int | None = None, use_cache: bool = True):
+  """Continuations [B, max_new_tokens] of left-padded prompts [B, P] from a decoder-only LM."""
+  check_length(model, prompt_BxP.shape[1], max_new_tokens)
+  if not use_cache:
+    logits_fn = lambda tokens: model.apply({'params': params}, tokens)
+    return decode_uncached(logits_fn, prompt_BxP, max_new_tokens, rng, temperature, top_k, eos_id)
+
+  def step_fn(tokens_BxL, positions_BxL, cache):
+    logits, mutated = model.apply({'params': params, 'cache': cache}, tokens_BxL, positions_BxL, decode=True,
+                                  mutable=['cache'])
+    return logits, mutated['cache']
+
+  cache = init_cache(model, prompt_BxP.shape[0])
+  return decode_cached(step_fn, cache, prompt_BxP, max_new_tokens, rng, temperature, top_k, eos_id)
+
+
+def seq2seq_generate(model: EncoderDecoder, params, inputs_BxS, max_new_tokens: int, rng, bos_id: int,
+                     temperature: float = 0.0, top_k: int = 0, eos_id: int | None = None, use_cache: bool = True):
+  """Output tokens [B, max_new_tokens] for inputs [B, S]: encode once, decode from BOS."""
+  check_length(model, 1, max_new_tokens)
+  encoded_BxSxD, valid_BxS = model.apply({'params': params}, inputs_BxS, method=EncoderDecoder.encode)
+  start_Bx1 = jnp.full((inputs_BxS.shape[0], 1), bos_id, jnp.int32)
+  if not use_cache:
+    logits_fn = lambda tokens: model.apply({'params': params}, encoded_BxSxD, valid_BxS, tokens,
+                                           method=EncoderDecoder.decode)
+    return decode_uncached(logits_fn, start_Bx1, max_new_tokens, rng, temperature, top_k, eos_id)
+
+  def step_fn(tokens_BxL, positions_BxL, cache):
+    logits, mutated = model.apply({'params': params, 'cache': cache}, encoded_BxSxD, valid_BxS, tokens_BxL,
+                                  positions_BxL, decode=True, method=EncoderDecoder.decode, mutable=['cache'])
+    return logits, mutated['cache']
+
+  cache = init_cache(model, inputs_BxS.shape[0], EncoderDecoder.decode, encoded_BxSxD, valid_BxS)
+  return decode_cached(step_fn, cache, start_Bx1, max_new_tokens, rng, temperature, top_k, eos_id)
