@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 COMMAND_MODULES: list[str] = [
     'maasjax.export.commands',
     'maasjax.serve.commands',
+    'maasjax.generate',
 ]
 
 

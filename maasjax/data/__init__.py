@@ -8,10 +8,19 @@ import ml_collections
 
 from maasjax.config import check_name
 from maasjax.data.base import ArrayDataset, Dataset, DatasetInfo
-from maasjax.data import images
+from maasjax.data import graphs, images, sequences, text
 
 DATASETS: dict[str, Callable[[ml_collections.ConfigDict, int], Dataset]] = {
     'digits': images.load_digits,
+    'karate': graphs.load_karate,
+    'digits_knn': graphs.load_digits_knn,
+    'graph_families': graphs.load_graph_families,
+    'ogbg_molpcba': graphs.load_ogbg_molpcba,
+    'char_text': text.load_char_text,
+    'tiny_shakespeare': text.load_tiny_shakespeare,
+    'lm1b': text.load_lm1b,
+    'digit_seq2seq': sequences.load_digit_seq2seq,
+    'majority_digit': sequences.load_majority_digit,
     **{name: functools.partial(images.load_tfds_images, name) for name in images.TFDS_IMAGE_DATASETS},
 }
 

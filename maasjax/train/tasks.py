@@ -25,6 +25,13 @@ def preprocess_inputs(x, info: DatasetInfo):
   return (x - jnp.reshape(mean, shape)) / jnp.reshape(std, shape)
 
 
+def run_model(model, variables, args: tuple, train: bool, rngs=None, mutable=False, init=False):
+  """`model.init(rngs, *args)` when `init`, else `model.apply(variables, *args)`: the two calls a task makes."""
+  if init:
+    return model.init(rngs, *args, train=train)
+  return model.apply(variables, *args, train=train, rngs=rngs, mutable=mutable)
+
+
 class Task:
   """Base class; subclasses set `name` and implement the three methods."""
   name = ''

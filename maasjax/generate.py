@@ -1,0 +1,97 @@
+"""`maasjax generate`: sample from a trained Transformer LM (a continuation) or seq2seq model (an output).
+
+Reads the workdir's config.json and latest checkpoint; decoding uses the KV cache (maasjax.models.decoding).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import numpy as np
+
+from maasjax.cli import command
+from maasjax.config import ConfigError, from_json
+from maasjax.data.tokenizers import tokenizer_from_info
+from maasjax.models import decoding
+from maasjax.train import checkpoint as ckpt_lib
+
+TEXT_TASKS = ('language_modelling', 'seq2seq')
+
+
+def load_config(workdir: str):
+  path = ckpt_lib.config_path(workdir)
+  if not os.path.exists(path):
+    raise ConfigError(f'workdir {workdir!r} has no config.json; train a model there first with maasjax train')
+  with open(path) as f:
+    return from_json(f.read())
+
+
+def generate_text(workdir: str, prompts: list[str], max_new_tokens: int = 200, temperature: float = 0.8,
+                  top_k: int = 0, seed: int = 0, use_cache: bool = True) -> tuple[str, list[str]]:
+  """(task name, one sampled continuation (LM) or output (seq2seq) per prompt), from the latest checkpoint."""
+  from maasjax.train.loop import restore_latest
+  exp, state, _ = restore_latest(load_config(workdir), workdir)
+  task = exp.task.name
+  if task not in TEXT_TASKS:
+    raise ConfigError(f'workdir {workdir!r} holds a {task!r} model; generate needs a language model or a seq2seq '
+                      'model (e.g. experiments/char_lm.py, experiments/seq2seq_transformer.py)')
+  if max_new_tokens < 1 or temperature < 0 or top_k < 0:
+    raise ConfigError(f'max_new_tokens={max_new_tokens}, temperature={temperature}, top_k={top_k}: expected '
+                      'max_new_tokens >= 1, temperature >= 0 (0 is greedy), top_k >= 0 (0 keeps all tokens)')
+  tok = tokenizer_from_info(exp.dataset.info)
+  rows = []
+  for prompt in prompts:
+    ids = tok.encode(prompt)
+    if task == 'language_modelling' and tok.bos_id is not None:
+      ids = np.concatenate([[tok.bos_id], ids])
+    if len(ids) == 0:
+      raise ConfigError('the prompt is empty; a character LM needs at least one character to continue')
+    rows.append(ids)
+  width = max(len(r) for r in rows)
+  model = exp.model
+  limit = model.max_len - (max_new_tokens if task == 'language_modelling' else 0)
+  if width > limit:
+    raise ConfigError(f'prompt of {width} tokens + max_new_tokens={max_new_tokens} exceeds the model\'s '
+                      f'max_len={model.max_len}; shorten the prompt or lower --max_new_tokens')
+  # Language-model prompts are left-padded (generation continues from each row's end); seq2seq inputs
+  # are right-padded, as in training.
+  batch = np.zeros((len(rows), width), np.int32)
+  for i, r in enumerate(rows):
+    if task == 'language_modelling':
+      batch[i, width - len(r):] = r
+    else:
+      batch[i, :len(r)] = r
+  if task == 'seq2seq':
+    width = int(exp.dataset.info.input_shape[0])
+    if batch.shape[1] > width:
+      raise ConfigError(f'input of {batch.shape[1]} tokens is longer than the model\'s inputs ({width})')
+    batch = np.pad(batch, ((0, 0), (0, width - batch.shape[1])))
+    fn = functools.partial(decoding.seq2seq_generate, model, bos_id=tok.bos_id, eos_id=tok.eos_id)
+  else:
+    fn = functools.partial(decoding.lm_generate, model, eos_id=tok.eos_id)
+  run = jax.jit(lambda params, x, key: fn(params, x, max_new_tokens, key, temperature=temperature, top_k=top_k,
+                                          use_cache=use_cache))
+  out = np.asarray(run(state.params, batch, jax.random.key(seed)))
+  return task, [tok.decode(row) for row in out]
+
+
+def _args(p):
+  p.add_argument('--workdir', required=True, help='a workdir trained with a transformer_lm or transformer_seq2seq config')
+  p.add_argument('--prompt', required=True, action='append',
+                 help='text to continue (LM) or to transform (seq2seq); repeat for a batch of prompts')
+  p.add_argument('--max_new_tokens', type=int, default=200)
+  p.add_argument('--temperature', type=float, default=0.8, help='0 is greedy decoding')
+  p.add_argument('--top_k', type=int, default=0, help='sample from the k most likely tokens (0: all)')
+  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--no_cache', action='store_true', help='re-run the whole sequence per token (slow reference)')
+
+
+@command('generate', 'sample a continuation from a trained language model (or an output from a seq2seq model)', _args)
+def cmd_generate(args, overrides):
+  task, outputs = generate_text(args.workdir, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                                args.seed, use_cache=not args.no_cache)
+  continuation = task == 'language_modelling' and len(args.prompt) == 1
+  for prompt, out in zip(args.prompt, outputs):
+    # One LM prompt reads as text (prompt + continuation); otherwise show each input and its output.
+    print(prompt + out if continuation else f'{prompt} -> {out}', flush=True)
