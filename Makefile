@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/python -m maasjax.demo --workdir $(WORKDIR)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra tests
+	$(BIN)/python -m pytest -q -ra --durations=10 tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
