@@ -117,7 +117,8 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
       r = Runner(functools.partial(model.run, sig_name), executor, max_batch_size=batch,
                  batch_timeout_s=settings.batch_timeout_ms / 1000, buckets=settings.buckets if sig.batchable else (),
                  max_queue_rows=settings.max_queue_rows, observe_batch=metrics.batch_size.labels(model.name).observe,
-                 set_queue=metrics.queue.labels(model.name).set, batching=settings.batching and sig.batchable)
+                 set_queue=metrics.queue.labels(model.name).set, batching=settings.batching and sig.batchable,
+                 batchable=sig.batchable)
       model.batchers[sig_name] = r
     return r
 

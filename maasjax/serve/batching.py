@@ -50,7 +50,8 @@ class Runner:
 
   def __init__(self, run: Callable[[Arrays], Arrays], executor: Executor, *, max_batch_size: int,
                batch_timeout_s: float, buckets: tuple[int, ...], max_queue_rows: int,
-               observe_batch: Callable[[int], None], set_queue: Callable[[int], None], batching: bool = True):
+               observe_batch: Callable[[int], None], set_queue: Callable[[int], None], batching: bool = True,
+               batchable: bool = True):
     self.run = run
     self.executor = executor
     self.max_batch_size = max_batch_size
@@ -60,6 +61,9 @@ class Runner:
     self.observe_batch = observe_batch
     self.set_queue = set_queue
     self.batching = batching and max_batch_size > 1
+    # A non-batchable signature's inputs have unrelated first axes (a graph's nodes, edges, graphs):
+    # each request runs as sent, never padded, split or sliced by rows.
+    self.batchable = batchable
     self._queue: collections.deque = collections.deque()  # (arrays, rows, future, arrival time)
     self._rows = 0  # rows queued or running
     self._wakeup = asyncio.Event()
@@ -90,6 +94,9 @@ class Runner:
     """The model's outputs for these `rows` rows (possibly run together with other requests)."""
     self._admit(rows)
     try:
+      if not self.batchable:
+        self.observe_batch(1)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.run, inputs)
       if not self.batching or self._closed:
         outputs = []
         for start in range(0, rows, self.max_batch_size):  # large requests run in max-size chunks
