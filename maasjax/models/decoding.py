@@ -17,18 +17,38 @@ from maasjax.models.transformer import PAD_ID, DecoderLM, EncoderDecoder, defaul
 StepFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
 
 
-def sample_logits(logits_BxV, key, temperature: float = 0.0, top_k: int = 0):
-  """Greedy at temperature 0; otherwise a sample from softmax(logits / T) over the top k (0: all)."""
+def row_keys(rng, batch: int):
+  """One PRNG key per row: `rng` if it already holds [B] keys, else fold_in(rng, row index).
+
+  Either way a row's samples do not depend on what else is in the batch.
+  """
+  if rng.shape:
+    return rng
+  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(batch))
+
+
+def sample_logits(logits_BxV, rng, temperature=0.0, top_k: int = 0):
+  """Greedy where the temperature is 0, else a sample from softmax(logits / T) over the top k (0: all).
+
+  `temperature` is a number or one per row [B] (a served `generate` takes it per request).
+  """
   logits_BxV = logits_BxV.astype(jnp.float32).at[:, PAD_ID].set(-jnp.inf)  # padding is never generated
-  if temperature <= 0.0:
-    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  logits_BxV = logits_BxV / temperature
+  greedy_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  if isinstance(temperature, (int, float)) and temperature <= 0:
+    return greedy_B
+  t_B = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), greedy_B.shape)
+  logits_BxV = logits_BxV / jnp.maximum(t_B, 1e-6)[:, None]
   if top_k:
     # A sort, not lax.top_k: TF 2.21 cannot load the StableHLO jax emits for top_k (exported `generate`).
     vocab = logits_BxV.shape[-1]
     kth_Bx1 = jnp.sort(logits_BxV, axis=-1)[:, vocab - min(top_k, vocab)][:, None]
     logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
-  return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+  sampled_B = jax.vmap(jax.random.categorical)(row_keys(rng, greedy_B.shape[0]), logits_BxV).astype(jnp.int32)
+  return jnp.where(t_B > 0, sampled_B, greedy_B)
+
+
+def _step_keys(keys_B, i):
+  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, i)
 
 
 def _stop(tokens_B, done_B, eos_id: int | None):
@@ -42,17 +62,18 @@ def decode_cached(step_fn: StepFn, cache, prompt_BxP, max_new_tokens: int, rng, 
   positions_BxP = default_positions(prompt_BxP != PAD_ID)
   logits_BxPxV, cache = step_fn(prompt_BxP, positions_BxP, cache)
   batch = prompt_BxP.shape[0]
+  keys_B = row_keys(rng, batch)
 
   def body(carry, i):
     logits_BxV, next_pos_B, cache, done_B = carry
-    tokens_B, done_B = _stop(sample_logits(logits_BxV, jax.random.fold_in(rng, i), temperature, top_k), done_B, eos_id)
+    tokens_B, done_B = _stop(sample_logits(logits_BxV, _step_keys(keys_B, i), temperature, top_k), done_B, eos_id)
     logits_Bx1xV, cache = step_fn(tokens_B[:, None], next_pos_B[:, None], cache)
     return (logits_Bx1xV[:, 0], next_pos_B + 1, cache, done_B), tokens_B
 
   carry = (logits_BxPxV[:, -1], positions_BxP[:, -1] + 1, cache, jnp.zeros((batch,), jnp.bool_))
   # The last token needs no model step after it: scan over all but one, then sample it.
   (logits_BxV, _, _, done_B), tokens_NxB = jax.lax.scan(body, carry, jnp.arange(max_new_tokens - 1))
-  last_B, _ = _stop(sample_logits(logits_BxV, jax.random.fold_in(rng, max_new_tokens - 1), temperature, top_k),
+  last_B, _ = _stop(sample_logits(logits_BxV, _step_keys(keys_B, max_new_tokens - 1), temperature, top_k),
                     done_B, eos_id)
   return jnp.concatenate([tokens_NxB.T, last_B[:, None]], axis=1)
 
@@ -62,11 +83,12 @@ def decode_uncached(logits_fn: Callable[[jax.Array], jax.Array], prompt_BxP, max
   """The reference: each step runs `logits_fn` (tokens_BxT -> logits_BxTxV) over the whole sequence."""
   batch, p = prompt_BxP.shape
   buffer_BxT = jnp.concatenate([prompt_BxP, jnp.zeros((batch, max_new_tokens), prompt_BxP.dtype)], axis=1)
+  keys_B = row_keys(rng, batch)
 
   def body(i, carry):
     buffer_BxT, done_B = carry
     logits_BxV = jax.lax.dynamic_index_in_dim(logits_fn(buffer_BxT), p - 1 + i, axis=1, keepdims=False)
-    tokens_B, done_B = _stop(sample_logits(logits_BxV, jax.random.fold_in(rng, i), temperature, top_k), done_B, eos_id)
+    tokens_B, done_B = _stop(sample_logits(logits_BxV, _step_keys(keys_B, i), temperature, top_k), done_B, eos_id)
     return jax.lax.dynamic_update_slice(buffer_BxT, tokens_B[:, None].astype(buffer_BxT.dtype), (0, p + i)), done_B
 
   buffer_BxT, _ = jax.lax.fori_loop(0, max_new_tokens, body, (buffer_BxT, jnp.zeros((batch,), jnp.bool_)))

@@ -33,6 +33,27 @@ class GraphClassification(Classification):
     graph = batch_to_graph(batch, nodes=preprocess_inputs(batch['nodes'], self.info))
     return run_model(model, variables, (graph,), train, rngs, mutable, init)
 
+  def outputs(self, logits) -> dict[str, jax.Array]:
+    return {'logits': logits, 'probabilities': jax.nn.softmax(logits, axis=-1),
+            'classes': jnp.argmax(logits, axis=-1).astype(jnp.int32)}
+
+  def export_signatures(self, model):
+    """One padded graph (or batch of graphs) in jraph's arrays; node- or graph-level outputs.
+
+    Not batchable: the server must not concatenate two requests' arrays (their indices would clash).
+    """
+    from maasjax.export.signatures import SERVING_DEFAULT, Signature, TensorSpec
+    edge_features = int(self.info.extra.get('graph', {}).get('edge_features', 1))
+    inputs = {'nodes': TensorSpec((None,) + tuple(self.info.input_shape), 'float32', finite=True),
+              'edges': TensorSpec((None, edge_features), 'float32', finite=True),
+              'senders': TensorSpec((None,), 'int32'), 'receivers': TensorSpec((None,), 'int32'),
+              'n_node': TensorSpec((None,), 'int32'), 'n_edge': TensorSpec((None,), 'int32')}
+    # Nodes, edges and graphs are three independent sizes.
+    poly = {'nodes': 'n, ...', 'edges': 'e, ...', 'senders': 'e', 'receivers': 'e', 'n_node': 'g', 'n_edge': 'g'}
+    serve = lambda variables, x: self.outputs(self.forward(model, variables, x, train=False))
+    example = lambda batch: {k: np.asarray(batch[k]) for k in inputs}
+    return {SERVING_DEFAULT: Signature(inputs, serve, example, polymorphic=poly, batchable=False, tolerance=1e-4)}
+
 
 def mean_average_precision(scores_NxT: np.ndarray, labels_NxT: np.ndarray, weights_NxT: np.ndarray) -> float:
   """Mean over tasks of average precision on the measured labels, as in the OGB / Flax ogbg example.
@@ -71,6 +92,9 @@ class GraphMultiLabel(GraphClassification):
     sums['examples'] = {'scores': logits_GxT, 'labels': batch['labels'], 'weights': self._weights(batch)}
     return sums
 
+  def outputs(self, logits) -> dict[str, jax.Array]:
+    return {'logits': logits, 'probabilities': jax.nn.sigmoid(logits)}
+
   def finalize(self, sums, examples=None):
     metrics = super().finalize(sums)
     if examples is not None:
@@ -79,6 +103,11 @@ class GraphMultiLabel(GraphClassification):
     return metrics
 
 
-register('node_classification', GraphClassification)
+class NodeClassification(GraphClassification):
+  """Transductive: the whole graph in every batch; the loss and metrics count the split's nodes."""
+  name = 'node_classification'
+
+
+register('node_classification', NodeClassification)
 register('graph_classification', GraphClassification)
 register('graph_multilabel', GraphMultiLabel)

@@ -10,12 +10,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from maasjax.data.tokenizers import PAD_ID
+from maasjax.data.tokenizers import PAD_ID, tokenizer_from_info
 from maasjax.train.tasks import Classification, Task, register, run_model
 
-BOS_ID = 1  # the decoder's start token for seq2seq (CharVocab / ByteVocab with BOS)
+BOS_ID, EOS_ID = 1, 2  # the seq2seq decoder's start and stop tokens (CharVocab / ByteVocab with BOS, EOS)
+EXPORT_MAX_NEW_TOKENS = 128  # tokens an exported `generate` signature produces per request
 
 
 def token_sums(logits_BxLxV, labels_BxL, batch) -> dict[str, jax.Array]:
@@ -46,6 +48,44 @@ class LanguageModelling(Task):
     metrics = super().finalize(sums)
     metrics['perplexity'] = math.exp(min(metrics['loss'], 50.0))
     return metrics
+
+  def export_signatures(self, model):
+    """`serving_default`: tokens -> next-token logits. `generate`: left-padded prompts -> sampled tokens.
+
+    `generate` takes prompts of the training length (left-padded with 0) and, per row, a temperature
+    (0: greedy) and a seed; it returns up to EXPORT_MAX_NEW_TOKENS tokens (0 after an EOS), KV-cached.
+    """
+    from maasjax.export.signatures import SERVING_DEFAULT, Signature, TensorSpec
+    from maasjax.models import decoding
+    prompt_len = int(self.info.input_shape[0])
+    eos_id = tokenizer_from_info(self.info).eos_id  # None for a plain character vocabulary
+    score = lambda variables, x: {'logits': self.forward(model, variables, {'inputs': x['tokens']}, train=False)}
+    sigs = {SERVING_DEFAULT: Signature({'tokens': TensorSpec((None, None), 'int32')}, score,
+                                       lambda batch: {'tokens': np.asarray(batch['inputs'])},
+                                       polymorphic={'tokens': 'b, t'}, tolerance=1e-4)}
+    new_tokens = min(EXPORT_MAX_NEW_TOKENS, model.max_len - prompt_len)
+    if new_tokens < 1:
+      return sigs  # no room in the KV cache after a full-length prompt
+
+    def generate(variables, x):
+      keys_B = jax.vmap(jax.random.key)(x['seed'])
+      return {'tokens': decoding.lm_generate(model, variables['params'], x['tokens'], new_tokens, keys_B,
+                                             temperature=x['temperature'], eos_id=eos_id)}
+
+    def example(batch):
+      tokens = np.asarray(batch['inputs'])[:, :prompt_len]
+      left = np.zeros_like(tokens)
+      for i, row in enumerate(tokens):  # move any padding to the left, as a client would send it
+        real = row[row != 0]
+        left[i, prompt_len - len(real):] = real
+      rows = np.arange(len(tokens))
+      return {'tokens': left, 'temperature': np.where(rows % 2, 0.8, 0.0).astype(np.float32),
+              'seed': rows.astype(np.int32)}
+
+    sigs['generate'] = Signature({'tokens': TensorSpec((None, prompt_len), 'int32'),
+                                  'temperature': TensorSpec((None,), 'float32', finite=True),
+                                  'seed': TensorSpec((None,), 'int32')}, generate, example)
+    return sigs
 
 
 def shift_right(labels_BxT, bos_id: int = BOS_ID):
@@ -87,6 +127,19 @@ class Seq2Seq(Task):
     metrics['exact_match'] = float(sums['exact_match']) / max(float(sums['sequences']), 1.0)
     return metrics
 
+  def export_signatures(self, model):
+    """`serving_default`: input tokens -> greedily decoded output tokens (KV-cached; 0 after EOS)."""
+    from maasjax.export.signatures import SERVING_DEFAULT, Signature, TensorSpec
+    from maasjax.models import decoding
+    length = int(self.info.extra.get('target_length', model.max_len))
+
+    def translate(variables, x):
+      return {'tokens': decoding.seq2seq_generate(model, variables['params'], x['inputs'], length, jax.random.key(0),
+                                                  bos_id=BOS_ID, eos_id=EOS_ID)}
+
+    spec = TensorSpec((None,) + tuple(self.info.input_shape), 'int32')
+    return {SERVING_DEFAULT: Signature({'inputs': spec}, translate, lambda batch: {'inputs': np.asarray(batch['inputs'])})}
+
 
 class SequenceClassification(Classification):
   """Classification of token sequences (padded with 0): tokens go to the model as integers."""
@@ -97,6 +150,10 @@ class SequenceClassification(Classification):
 
   def forward(self, model, variables, batch, train, rngs=None, mutable=False, init=False):
     return run_model(model, variables, (batch['inputs'],), train, rngs, mutable, init)
+
+  def export_signatures(self, model):
+    from maasjax.export.signatures import classification_signatures
+    return classification_signatures(self, model)  # token ids in, logits / probabilities / classes out
 
 
 register('language_modelling', LanguageModelling)
