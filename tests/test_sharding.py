@@ -87,18 +87,10 @@ def strip(spec):
   return spec
 
 
-def lm_available() -> bool:
-  """The Transformer LM, its task and the bundled text come with the model zoo (issue 4).
-  TODO(scale): drop this guard once they are committed."""
-  from maasjax.data import DATASETS
-  from maasjax.models import MODELS
-  return 'transformer_lm' in MODELS and 'char_text' in DATASETS
-
-
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   """Both models on every mesh, in one 8-device process (one JAX start-up)."""
-  jobs, models = [], ['cnn'] + (['lm'] if lm_available() else [])
+  jobs, models = [], ['cnn', 'lm']
   extras = {'cnn': [{'name': 'bf16_fsdp', 'mesh': {'fsdp': 8}, 'preset': 'fsdp'}],
             'lm': [{'name': 'bf16_data_x_model', 'mesh': {'data': 4, 'model': 2}, 'preset': 'tensor'}]}
   for model in models:
@@ -114,8 +106,6 @@ def runs(tmp_path_factory):
 
 
 def model_runs(runs, model):
-  if model not in runs:
-    pytest.skip('the Transformer LM (issue 4) is not registered yet')
   return runs[model]
 
 
