@@ -61,7 +61,7 @@ def test_char_lm_trains_and_generate_prints_text(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_seq2seq_exact_match_is_greedy_decoding_and_generate(tmp_path, capsys):
-  config = _tiny('seq2seq_transformer', steps=150, max_len=4, num_train=2000, num_validation=100, num_test=200)
+  config = _tiny('seq2seq_transformer', steps=150, min_len=1, max_len=4, num_train=2000, num_validation=100, num_test=200)
   config.batch_size, config.eval_batch_size = 64, 200
   config.optimizer.learning_rate = 3e-3
   summary = train_and_evaluate(config, str(tmp_path))

@@ -72,7 +72,7 @@ def load_digit_seq2seq(cfg: ml_collections.ConfigDict, seed: int) -> ArrayDatase
   out_width = hi + 2 if task == 'add' else hi + 1  # + EOS (and a carry digit for sums)
   arrays = {k: {'inputs': _encode_rows(vocab, [a for a, _ in v], in_width, eos=False),
                 'labels': _encode_rows(vocab, [b for _, b in v], out_width, eos=True)} for k, v in splits.items()}
-  info = DatasetInfo(name=f'digit_seq2seq', task='seq2seq', input_shape=(in_width,), input_dtype='int32',
+  info = DatasetInfo(name='digit_seq2seq', task='seq2seq', input_shape=(in_width,), input_dtype='int32',
                      num_classes=vocab.vocab_size, label_names=[], num_examples={k: len(v) for k, v in splits.items()},
                      extra={'tokenizer': vocab.to_dict(), 'model_fields': {'vocab_size': vocab.vocab_size},
                             'target_length': out_width, 'seq2seq_task': task})
