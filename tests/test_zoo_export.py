@@ -60,6 +60,7 @@ def test_every_family_exports_with_parity(zoo):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings('ignore:Using `httpx` with `starlette.testclient`')  # starlette's, not ours
 def test_serve_graph_arrays_and_lm_generate(zoo):
   from fastapi.testclient import TestClient
   from maasjax.models import decoding
