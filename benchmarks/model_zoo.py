@@ -1,10 +1,6 @@
-"""Trains every model-zoo config that runs offline, from scratch, and prints the results table for BENCHMARKS.md.
-
-  .venv/bin/python benchmarks/model_zoo.py [--only karate_gcn,char_lm] [--root runs/zoo]
-
-Each config runs as `maasjax train` in a fresh workdir (its wall time includes process start, data
-loading and compilation); char_lm also samples text with `maasjax generate`.
-"""
+"""Trains every offline model-zoo config from scratch with `maasjax train` (wall time includes start-up and
+compilation) and prints the results table for BENCHMARKS.md:
+  .venv/bin/python benchmarks/model_zoo.py [--only karate_gcn,char_lm] [--root runs/zoo]"""
 from __future__ import annotations
 
 import argparse

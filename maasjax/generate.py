@@ -5,6 +5,7 @@ Reads the workdir's config.json and latest checkpoint; decoding uses the KV cach
 from __future__ import annotations
 
 import functools
+import json
 import os
 
 import jax
@@ -12,8 +13,9 @@ import numpy as np
 
 from maasjax.cli import command
 from maasjax.config import ConfigError, from_json
+from maasjax.data.base import DatasetInfo
 from maasjax.data.tokenizers import tokenizer_from_info
-from maasjax.models import decoding
+from maasjax.models import build_model, decoding
 from maasjax.train import checkpoint as ckpt_lib
 
 TEXT_TASKS = ('language_modelling', 'seq2seq')
@@ -27,19 +29,17 @@ def load_config(workdir: str):
     return from_json(f.read())
 
 
-def generate_text(workdir: str, prompts: list[str], max_new_tokens: int = 200, temperature: float = 0.8,
-                  top_k: int = 0, seed: int = 0, use_cache: bool = True) -> tuple[str, list[str]]:
-  """(task name, one sampled continuation (LM) or output (seq2seq) per prompt), from the latest checkpoint."""
-  from maasjax.train.loop import restore_latest
-  exp, state, _ = restore_latest(load_config(workdir), workdir)
-  task = exp.task.name
-  if task not in TEXT_TASKS:
-    raise ConfigError(f'workdir {workdir!r} holds a {task!r} model; generate needs a language model or a seq2seq '
-                      'model (e.g. experiments/char_lm.py, experiments/seq2seq_transformer.py)')
-  if max_new_tokens < 1 or temperature < 0 or top_k < 0:
-    raise ConfigError(f'max_new_tokens={max_new_tokens}, temperature={temperature}, top_k={top_k}: expected '
-                      'max_new_tokens >= 1, temperature >= 0 (0 is greedy), top_k >= 0 (0 keeps all tokens)')
-  tok = tokenizer_from_info(exp.dataset.info)
+def load_dataset_info(workdir: str) -> DatasetInfo:
+  path = os.path.join(workdir, 'dataset_info.json')
+  if not os.path.exists(path):
+    raise ConfigError(f'workdir {workdir!r} has no dataset_info.json; train a model there first with maasjax train')
+  with open(path) as f:
+    return DatasetInfo(**json.load(f))
+
+
+def prompt_batch(task: str, tok, model, input_width: int, prompts: list[str], max_new_tokens: int) -> np.ndarray:
+  """Token rows for the prompts: left-padded for a language model (generation continues from each row's
+  end), right-padded to the input width for seq2seq (as in training)."""
   rows = []
   for prompt in prompts:
     ids = tok.encode(prompt)
@@ -49,24 +49,40 @@ def generate_text(workdir: str, prompts: list[str], max_new_tokens: int = 200, t
       raise ConfigError('the prompt is empty; a character LM needs at least one character to continue')
     rows.append(ids)
   width = max(len(r) for r in rows)
-  model = exp.model
-  limit = model.max_len - (max_new_tokens if task == 'language_modelling' else 0)
-  if width > limit:
+  if task == 'seq2seq':
+    if width > input_width:
+      raise ConfigError(f'input of {width} tokens is longer than the model\'s inputs ({input_width})')
+    width = input_width
+  elif width + max_new_tokens > model.max_len:
     raise ConfigError(f'prompt of {width} tokens + max_new_tokens={max_new_tokens} exceeds the model\'s '
                       f'max_len={model.max_len}; shorten the prompt or lower --max_new_tokens')
-  # Language-model prompts are left-padded (generation continues from each row's end); seq2seq inputs
-  # are right-padded, as in training.
   batch = np.zeros((len(rows), width), np.int32)
   for i, r in enumerate(rows):
     if task == 'language_modelling':
       batch[i, width - len(r):] = r
     else:
       batch[i, :len(r)] = r
+  return batch
+
+
+def generate_text(workdir: str, prompts: list[str], max_new_tokens: int = 200, temperature: float = 0.8,
+                  top_k: int = 0, seed: int = 0, use_cache: bool = True) -> tuple[str, list[str]]:
+  """(task name, one sampled continuation (LM) or output (seq2seq) per prompt), from the latest checkpoint."""
+  from maasjax.train.loop import model_extra_fields, restore_latest
+  config, info = load_config(workdir), load_dataset_info(workdir)
+  if info.task not in TEXT_TASKS:
+    raise ConfigError(f'workdir {workdir!r} holds a {info.task!r} model; generate needs a language model or a '
+                      'seq2seq model (e.g. experiments/char_lm.py, experiments/seq2seq_transformer.py)')
+  if max_new_tokens < 1 or temperature < 0 or top_k < 0:
+    raise ConfigError(f'max_new_tokens={max_new_tokens}, temperature={temperature}, top_k={top_k}: expected '
+                      'max_new_tokens >= 1, temperature >= 0 (0 is greedy), top_k >= 0 (0 keeps all tokens)')
+  tok = tokenizer_from_info(info)
+  # Prompts are checked before the checkpoint is read: a bad request fails in a moment.
+  batch = prompt_batch(info.task, tok, build_model(config, **model_extra_fields(info)), int(info.input_shape[0]),
+                       prompts, max_new_tokens)
+  exp, state, _ = restore_latest(config, workdir)
+  model, task = exp.model, info.task
   if task == 'seq2seq':
-    width = int(exp.dataset.info.input_shape[0])
-    if batch.shape[1] > width:
-      raise ConfigError(f'input of {batch.shape[1]} tokens is longer than the model\'s inputs ({width})')
-    batch = np.pad(batch, ((0, 0), (0, width - batch.shape[1])))
     fn = functools.partial(decoding.seq2seq_generate, model, bos_id=tok.bos_id, eos_id=tok.eos_id)
   else:
     fn = functools.partial(decoding.lm_generate, model, eos_id=tok.eos_id)

@@ -1,11 +1,6 @@
-"""Graph datasets: karate club and a kNN graph of digits (node-level), generated graph families and tfds
-ogbg_molpcba (graph-level), as batches in jraph's layout.
-
-A batch is a dict of numpy arrays: `nodes, edges, senders, receivers, n_node, n_edge` (a GraphsTuple's
-fields) plus `labels` and `mask`. Graph-level batches are padded with `jraph.pad_with_graphs` to
-power-of-two node/edge buckets and a fixed graph count, so jit compiles once per bucket, not per batch.
-Node-level (transductive) datasets give the whole graph every step; the split is the node mask.
-"""
+"""Graph datasets in jraph's layout (`nodes, edges, senders, receivers, n_node, n_edge` + labels, mask):
+karate club and a digits kNN graph (node-level, transductive masks), generated graph families and tfds
+ogbg_molpcba (graph-level, padded to power-of-two buckets so jit compiles once per bucket)."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,9 +1,6 @@
-"""Generated sequence tasks over digit strings, embedded (no download), with held-out test sequences.
-
-`digit_seq2seq`: reverse, sort, or add ('123+45' -> '168') digit strings; targets end with EOS.
-`majority_digit`: classify a digit string by its most frequent digit (a token classification task).
-Examples come from a fixed generator seed, and no validation or test input occurs in training.
-"""
+"""Generated digit-string tasks with held-out inputs never seen in training: `digit_seq2seq` (reverse,
+sort, or add '123+45' -> '168'; targets end with EOS) and `majority_digit` (classify by the most
+frequent digit)."""
 from __future__ import annotations
 
 import ml_collections

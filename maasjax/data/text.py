@@ -1,10 +1,6 @@
 """Language-modelling data: a character LM over any local text file, tfds tiny_shakespeare (characters)
-and tfds lm1b (sentences as UTF-8 bytes).
-
-A batch is {'inputs': tokens [B, L], 'labels': the next tokens [B, L]}; label 0 (padding) is not
-scored. Character streams are cut into windows: random ones for training (their offsets a pure
-function of (seed, step)), consecutive ones for evaluation, so a split is scored exactly once.
-"""
+and tfds lm1b (UTF-8 bytes). A batch is {'inputs': tokens [B, L], 'labels': next tokens [B, L]};
+label 0 (padding) is not scored."""
 from __future__ import annotations
 
 import os
@@ -49,7 +45,11 @@ def padded_eval_batches(rows: list[np.ndarray], width: int, batch_size: int, pro
 
 
 class CharStreamDataset(Dataset):
-  """Each split is one stream of token ids; examples are windows of `seq_len` (+1 for the labels)."""
+  """Each split is one stream of token ids; examples are windows of `seq_len` (+1 for the labels).
+
+  Training windows start at offsets drawn from (seed, step); evaluation windows are consecutive, so
+  a split is scored exactly once.
+  """
 
   def __init__(self, info: DatasetInfo, streams: dict[str, np.ndarray], seq_len: int, seed: int):
     for split, stream in streams.items():

@@ -1,8 +1,5 @@
-"""Tokenizers for the text and sequence datasets, rebuilt from `DatasetInfo.extra['tokenizer']`.
-
-Id 0 is padding everywhere (the models mask it). `CharVocab` maps each known character to one id
-(after optional BOS/EOS); `ByteVocab` maps UTF-8 bytes to ids 3..258 after PAD, BOS, EOS.
-"""
+"""Tokenizers rebuilt from `DatasetInfo.extra['tokenizer']`: `CharVocab` (a character per id, optional
+BOS/EOS) and `ByteVocab` (UTF-8 bytes as ids 3..258 after PAD, BOS, EOS). Id 0 is padding everywhere."""
 from __future__ import annotations
 
 from typing import Any

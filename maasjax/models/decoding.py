@@ -1,9 +1,6 @@
-"""Autoregressive decoding for the Transformer LM and seq2seq models: greedy, temperature, top-k.
-
-The cached path prefills the prompt in one call, then feeds one token per step to a KV cache; the
-uncached path re-runs the whole sequence each step (the reference the cache is tested against).
-Prompts are left-padded with 0; positions count each row's real tokens, so padding changes nothing.
-"""
+"""Autoregressive decoding (greedy, temperature, top-k) for the Transformer LM and seq2seq models: prefill
+the prompt once, then one KV-cached step per token; the uncached path re-runs the whole sequence (the
+reference the cache is tested against). Prompts are left-padded with 0."""
 from __future__ import annotations
 
 from typing import Any, Callable

@@ -1,9 +1,6 @@
-"""Graph networks on `jraph.GraphsTuple`: GCN (Kipf & Welling 2017) and GAT (Velickovic et al. 2018).
-
-Node-level models (readout='none') return logits per node; graph-level models pool node states per
-graph ('mean', 'sum', 'max') and return logits per graph. Padding graphs (jraph.pad_with_graphs) put
-their nodes and edges in a separate graph, so they never reach the real nodes' outputs.
-"""
+"""GCN (Kipf & Welling 2017) and GAT (Velickovic et al. 2018) on `jraph.GraphsTuple`, with logits per node
+(readout='none') or per graph (mean/sum/max readout). Padding graphs from jraph.pad_with_graphs hold
+their own nodes and edges, so they never reach a real node's output."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -1,8 +1,5 @@
-"""Recurrent sequence classifiers: stacked LSTM or GRU (flax cells under `nn.RNN`) + a linear head.
-
-Inputs are float features [B, T, ...] (each step's trailing dims flattened: an 8x8 digit is 8 rows
-of 8) or tokens [B, T] (embedded; id 0 is padding, and each row stops at its last real token).
-"""
+"""Recurrent sequence classifiers: stacked LSTM or GRU (flax cells under `nn.RNN`) + a linear head, over
+float features [B, T, ...] (an 8x8 digit is 8 steps of 8) or tokens [B, T] (id 0 is padding)."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -1,10 +1,6 @@
-"""Transformers: encoder classifier, decoder-only language model, encoder-decoder seq2seq.
-
-Pre-LayerNorm blocks; attention masks come from token validity (id 0 is padding) and causality;
-rotary or learned positions; `dtype` is the compute dtype (params stay float32); `remat` recomputes
-each block in the backward pass. With `decode=True` self-attention keeps a KV cache (collection
-'cache', see maasjax.models.decoding), so generating a token costs one step, not a re-run of the prefix.
-"""
+"""Transformers: encoder classifier, decoder-only LM, encoder-decoder seq2seq; pre-LN blocks, masks from
+token validity (id 0 is padding), rotary or learned positions, bf16 compute via `dtype`, `remat`, and a
+KV cache with `decode=True` (collection 'cache'; see maasjax.models.decoding)."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,8 +1,5 @@
-"""Graph tasks: node classification (transductive masks), graph classification, multi-label graphs.
-
-Graph batches (see maasjax.data.graphs) are replicated, not split along axis 0: node, edge and
-graph arrays have different leading sizes, and message passing needs the whole (padded) graph.
-"""
+"""Graph tasks: node classification (transductive masks), graph classification, multi-label graphs (masked
+BCE, mean average precision over the whole split). Graph batches are replicated, not split along axis 0."""
 from __future__ import annotations
 
 from typing import Any

@@ -1,8 +1,5 @@
-"""Sequence tasks: language modelling, seq2seq and token sequence classification.
-
-Token id 0 is padding: padded labels are not scored. Token-level metrics (loss, accuracy) are
-averaged over scored tokens; seq2seq exact match over sequences.
-"""
+"""Sequence tasks: language modelling, seq2seq and token sequence classification. Token id 0 is padding
+and is not scored; loss and accuracy are per scored token, seq2seq exact match per sequence."""
 from __future__ import annotations
 
 import math
