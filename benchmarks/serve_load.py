@@ -28,7 +28,14 @@ def free_port():
     return s.getsockname()[1]
 
 
-def start_server(base, port, extra):
+def loaded_copies(port):
+  text = httpx.get(f'http://127.0.0.1:{port}/metrics').text
+  return sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith('maasjax_model_events_total{event="loaded"'))
+
+
+def start_server(base, port, extra, workers=1):
+  """Starts the server and waits until every worker has loaded its models (the first ready worker
+  would otherwise accept every connection)."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   proc = subprocess.Popen([sys.executable, '-m', 'maasjax.cli', 'serve', '--model-base-path', base,
                            '--port', str(port), '--log-level', 'warning', *extra],
@@ -36,7 +43,8 @@ def start_server(base, port, extra):
   deadline = time.time() + 300
   while time.time() < deadline:
     try:
-      if httpx.get(f'http://127.0.0.1:{port}/v2/health/ready', timeout=1).status_code == 200:
+      if (httpx.get(f'http://127.0.0.1:{port}/v2/health/ready', timeout=1).status_code == 200
+          and loaded_copies(port) >= workers):
         return proc
     except httpx.HTTPError:
       pass
@@ -80,9 +88,9 @@ def asyncio_run(coro):
   return uvloop.run(coro)
 
 
-def run(base, model, clients, total, extra, label):
+def run(base, model, clients, total, extra, label, workers=1):
   port = free_port()
-  proc = start_server(base, port, extra)
+  proc = start_server(base, port, extra, workers)
   try:
     x = np.random.default_rng(0).integers(0, 17, size=64).astype(np.float32)
     body = json.dumps({'inputs': [{'name': 'inputs', 'shape': [1, 8, 8, 1], 'datatype': 'FP32',
@@ -110,14 +118,19 @@ def main():
   p.add_argument('--requests', type=int, default=8000)
   p.add_argument('--max-batch-size', type=int, default=32)
   p.add_argument('--batch-timeout-ms', default='1')
+  p.add_argument('--workers', type=int, default=1, help='server processes (maasjax serve --workers)')
+  p.add_argument('--backend', default='savedmodel', choices=('savedmodel', 'jax'))
+  p.add_argument('--buckets', help='batch sizes calls are padded to (maasjax serve --buckets)')
   args = p.parse_args()
   if not os.path.isdir(os.path.join(args.model_base_path, args.model)):
     raise SystemExit(f'{args.model_base_path}/{args.model} not found; run `make demo` (exports/digits) or '
                      f'maasjax export --workdir ... --model-name {args.model} --out {args.model_base_path}')
-  common = ['--max-batch-size', str(args.max_batch_size)]
+  common = ['--max-batch-size', str(args.max_batch_size), '--workers', str(args.workers), '--backend', args.backend]
+  if args.buckets:
+    common += ['--buckets', args.buckets]
   rows = [run(args.model_base_path, args.model, args.clients, args.requests,
-              common + ['--batch-timeout-ms', args.batch_timeout_ms], 'batching on'),
-          run(args.model_base_path, args.model, args.clients, args.requests, common + ['--no-batching'], 'batching off')]
+              common + ['--batch-timeout-ms', args.batch_timeout_ms], 'batching on', args.workers),
+          run(args.model_base_path, args.model, args.clients, args.requests, common + ['--no-batching'], 'batching off', args.workers)]
   print(f'{"run":14s} {"requests":>8s} {"errors":>6s} {"req/s":>8s} {"p50 ms":>7s} {"p99 ms":>7s} {"avg batch":>9s}')
   for r in rows:
     print(f'{r["run"]:14s} {r["requests"]:8d} {r["errors"]:6d} {r["req_per_s"]:8.0f} {r["p50_ms"]:7.2f} '

@@ -2,6 +2,7 @@
 import concurrent.futures
 import json
 import os
+import time
 
 import httpx
 import numpy as np
@@ -9,6 +10,9 @@ import pytest
 
 from serve_fixtures import ServerProcess, exported, heldout_digits, jax_reference, write_broken_version  # noqa: F401
 from maasjax.client import Client, ServerError
+
+# One pytest-xdist worker runs every test that uses the session's `exported` models (built once).
+pytestmark = pytest.mark.xdist_group('exported')
 
 KEY_ALL = 'k-all-0123456789abcdef'
 KEY_RESNET = 'k-resnet-0123456789abcdef'
@@ -212,3 +216,27 @@ def test_overload_gets_429(jax_keyed_server, reference):
   assert codes.count(200) >= 1 and codes.count(429) >= 1, codes
   assert set(codes) <= {200, 429}
   assert 'overloaded' in next(r for r in responses if r.status_code == 429).json()['error']
+
+
+def test_two_workers_share_the_port_and_pool_their_metrics(exported, reference):
+  x, ref = reference
+  srv = ServerProcess(exported['base'], '--workers', '2', '--max-batch-size', '8', '--buckets', '1,8')
+  try:
+    metric = lambda text, name: sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(name))
+    loaded = 'maasjax_model_events_total{event="loaded",model="digits"}'
+    deadline = time.time() + 180
+    while metric(httpx.get(srv.url + '/metrics').text, loaded) < 2:  # each worker loads its own copy
+      assert time.time() < deadline, srv.output()
+      time.sleep(0.5)
+    body = {'instances': x.tolist()}
+    for _ in range(40):  # a new connection each time, so both workers take requests
+      r = post(srv.url, '/v1/models/digits:predict', body, headers={'Connection': 'close'})
+      assert r.status_code == 200, r.text
+      assert [p['classes'] for p in r.json()['predictions']] == ref['classes'].tolist()
+    text = httpx.get(srv.url + '/metrics').text
+    assert metric(text, 'maasjax_requests_total{api="v1",code="200",model="digits"}') == 40  # all workers' counts
+    assert metric(text, 'maasjax_batch_size_sum{model="digits"}') >= 40 * len(x)
+    assert len({line.split('[')[1].split(']')[0] for line in srv.output().splitlines()
+                if 'maasjax.serve[' in line and 'loaded and warmed up' in line}) == 2  # two processes
+  finally:
+    assert srv.stop() == 0

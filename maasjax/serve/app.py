@@ -35,7 +35,7 @@ SERVING_DEFAULT = 'serving_default'
 class ServeSettings:
   max_batch_size: int = 32
   batch_timeout_ms: float = 1.0
-  buckets: tuple[int, ...] = (1, 4, 16, 32)
+  buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
   batching: bool = True
   max_queue_rows: int = 1024  # per model version and signature; beyond it requests get 429
   max_body_bytes: int = 16 << 20
@@ -93,9 +93,12 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
     yield
     repo.stop()
     executor.shutdown(wait=True)
+    metrics.close()
 
+  # FastAPI's OpenTelemetry hooks cost a provider lookup per request; /metrics is our observability.
   app = FastAPI(title='maasjax model server', version=maasjax.__version__, lifespan=lifespan,
-                docs_url=None, redoc_url=None, openapi_url=None)
+                docs_url=None, redoc_url=None, openapi_url=None,
+                telemetry={'tracing': False, 'metrics': False, 'logs': False, 'operation_spans': False})
 
   @app.exception_handler(ServeError)
   async def serve_error(request, e: ServeError):
@@ -172,6 +175,21 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
     for path in (f'/{api}/models/{{name}}', f'/{api}/models/{{name}}/versions/{{version}}'):
       app.add_route(path + suffix, endpoint, methods=[method])
 
+  # The two predict routes come first: routes are matched in order, and these carry the load.
+  async def v2_infer_work(model, body, request):
+    req, binary = codec.v2_split_body(body, request.headers.get('inference-header-content-length'))
+    params = req.get('parameters') if isinstance(req, dict) else None
+    sig_name, sig = signature(model, (params or {}).get('signature_name') if isinstance(params, dict) else None)
+    inputs = codec.v2_inputs(req, binary, sig)
+    outputs = await runner(model, sig_name).submit(inputs, codec.batch_rows(inputs, sig))
+    content, headers = codec.v2_response(req, model.name, model.version, outputs)
+    return Response(content, media_type='application/octet-stream' if headers else JSON, headers=headers)
+
+  async def v2_infer(name, version, request):
+    return await handle(request, name, version, 'v2', v2_infer_work)
+
+  both_versions('v2', '/infer', v2_infer, 'POST')
+
   # --- TF Serving REST API v1 ---------------------------------------------------------------
   async def v1_predict_work(model, body, request):
     req = codec.loads(body)
@@ -230,20 +248,6 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
   async def v2_ready():
     ready = repo.ready()
     return Response(codec.dumps({'ready': ready}), status_code=200 if ready else 503, media_type=JSON)
-
-  async def v2_infer_work(model, body, request):
-    req, binary = codec.v2_split_body(body, request.headers.get('inference-header-content-length'))
-    params = req.get('parameters') if isinstance(req, dict) else None
-    sig_name, sig = signature(model, (params or {}).get('signature_name') if isinstance(params, dict) else None)
-    inputs = codec.v2_inputs(req, binary, sig)
-    outputs = await runner(model, sig_name).submit(inputs, codec.batch_rows(inputs, sig))
-    content, headers = codec.v2_response(req, model.name, model.version, outputs)
-    return Response(content, media_type='application/octet-stream' if headers else JSON, headers=headers)
-
-  async def v2_infer(name, version, request):
-    return await handle(request, name, version, 'v2', v2_infer_work)
-
-  both_versions('v2', '/infer', v2_infer, 'POST')
 
   def v2_metadata(name: str, version: str | None, request: Request) -> Response:
     authorize(request, name)

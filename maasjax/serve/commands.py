@@ -15,13 +15,16 @@ def _serve_args(p):
   p.add_argument('--max-batch-size', type=int, default=32, help='rows per model call (default 32)')
   p.add_argument('--batch-timeout-ms', type=float, default=1.0,
                  help='longest a request waits for others to join its batch (default 1 ms)')
-  p.add_argument('--buckets', help='batch sizes calls are padded to (default 1,4,16,...,max-batch-size)')
+  p.add_argument('--buckets', help='batch sizes calls are padded to (default 1,2,4,8,...,max-batch-size)')
   p.add_argument('--no-batching', action='store_true', help='one model call per request (still padded to buckets)')
   p.add_argument('--max-queue-rows', type=int, default=1024, help='queued rows per model before 429 (default 1024)')
   p.add_argument('--max-body-bytes', type=int, default=16 << 20, help='request body limit (default 16 MiB)')
   p.add_argument('--api-keys', help='file of "KEY MODEL[,MODEL...]" / "KEY *" lines (or set $MAASJAX_API_KEYS)')
   p.add_argument('--poll-seconds', type=float, default=2.0, help='how often to look for new versions (default 2)')
   p.add_argument('--model-threads', type=int, default=1, help='threads running model calls (default 1)')
+  p.add_argument('--workers', type=int, default=1,
+                 help='server processes sharing the port, each with its own copy of the models (default 1; '
+                      'one per core lets HTTP handling use every core)')
   p.add_argument('--log-level', default='info', choices=('debug', 'info', 'warning', 'error'),
                  help='debug adds one structured line per request')
 
@@ -32,6 +35,7 @@ def settings_from_args(args):
   from maasjax.serve.batching import bucket_sizes
   for flag, value, low in (('--max-batch-size', args.max_batch_size, 1), ('--max-queue-rows', args.max_queue_rows, 1),
                            ('--max-body-bytes', args.max_body_bytes, 1), ('--model-threads', args.model_threads, 1),
+                           ('--workers', args.workers, 1),
                            ('--port', args.port, 0)):
     if value < low:
       raise ConfigError(f'{flag} {value}: expected an integer >= {low}')
@@ -58,4 +62,5 @@ def cmd_serve(args, overrides):
   list_models(args.model_base_path)
   print(f'maasjax serve: {args.model_base_path} on http://{args.host}:{args.port} '
         f'(REST v1 /v1/models/NAME:predict, v2 /v2/models/NAME/infer, metrics /metrics)', flush=True)
-  serve(args.model_base_path, settings, args.host, args.port, policy, args.backend, args.log_level)
+  serve(args.model_base_path, settings, args.host, args.port, policy, args.backend, args.log_level,
+        workers=args.workers, api_keys_path=args.api_keys)

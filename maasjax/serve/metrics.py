@@ -1,5 +1,11 @@
-"""Prometheus metrics of one server (its own registry: no process-global state)."""
+"""Prometheus metrics of one server (its own registry: no process-global state).
+
+Under `maasjax serve --workers N` every worker writes its values to $PROMETHEUS_MULTIPROC_DIR and
+`render()` reports the sum over the workers (prometheus_client's multiprocess mode).
+"""
 from __future__ import annotations
+
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -8,6 +14,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02,
 
 class ServerMetrics:
   def __init__(self, max_batch_size: int):
+    self.multiprocess = bool(os.environ.get('PROMETHEUS_MULTIPROC_DIR'))
     self.registry = CollectorRegistry()
     r = self.registry
     self.requests = Counter('maasjax_requests', 'Requests by model, API and HTTP status code',
@@ -22,9 +29,21 @@ class ServerMetrics:
       b *= 2
     self.batch_size = Histogram('maasjax_batch_size', 'Rows per model call (before padding to a bucket)',
                                 ['model'], buckets=tuple(sizes) + (max_batch_size,), registry=r)
-    self.queue = Gauge('maasjax_queue_rows', 'Rows waiting or running, per model', ['model'], registry=r)
-    self.model_events = Counter('maasjax_model_events', 'Model version loads, load failures and unloads',
-                                ['model', 'event'], registry=r)
+    self.queue = Gauge('maasjax_queue_rows', 'Rows waiting or running, per model (summed over workers)', ['model'],
+                       registry=r, multiprocess_mode='livesum')
+    self.model_events = Counter('maasjax_model_events', 'Model version loads, load failures and unloads '
+                                '(each worker loads its own copy)', ['model', 'event'], registry=r)
 
   def render(self) -> bytes:
+    if self.multiprocess:
+      from prometheus_client import multiprocess
+      pooled = CollectorRegistry()
+      multiprocess.MultiProcessCollector(pooled)
+      return generate_latest(pooled)
     return generate_latest(self.registry)
+
+  def close(self) -> None:
+    """A worker that stops takes its live gauges with it (its counters stay in the totals)."""
+    if self.multiprocess:
+      from prometheus_client import multiprocess
+      multiprocess.mark_process_dead(os.getpid())
