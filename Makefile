@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/digits_cnn
+# Test processes (pytest-xdist). Most test time is single-threaded (imports, XLA compiles, server
+# start-up), so 2 processes use a 2-core machine; tests sharing the exported models stay on one.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test install clean bench
 
@@ -19,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/python -m maasjax.demo --workdir $(WORKDIR)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra --durations=10 tests
+	$(BIN)/python -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadgroup tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py

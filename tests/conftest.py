@@ -48,3 +48,15 @@ def run_cli(*args, env=None, timeout=600, cwd=ROOT):
   full_env.update(env or {})
   return subprocess.run([sys.executable, '-m', 'maasjax.cli', *args], cwd=cwd, env=full_env,
                         capture_output=True, text=True, timeout=timeout)
+
+
+# Tests sharing the session's exported models (serve_fixtures.exported) run in one pytest-xdist process.
+EXPORTED_MODULES = {'test_export.py', 'test_serve.py', 'test_serve_reload.py'}
+
+
+def pytest_itemcollected(item):
+  """Under `pytest -n N --dist loadgroup`, each module's tests stay in one process (its module-scoped
+  fixtures are built once), and the modules that share the exported models share one process.
+  (Marked as each item is collected: pytest-xdist reads the groups before conftest modifyitems hooks.)"""
+  module = os.path.basename(str(item.fspath))
+  item.add_marker(pytest.mark.xdist_group('exported' if module in EXPORTED_MODULES else module))

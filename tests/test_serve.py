@@ -11,9 +11,6 @@ import pytest
 from serve_fixtures import ServerProcess, exported, heldout_digits, jax_reference, write_broken_version  # noqa: F401
 from maasjax.client import Client, ServerError
 
-# One pytest-xdist worker runs every test that uses the session's `exported` models (built once).
-pytestmark = pytest.mark.xdist_group('exported')
-
 KEY_ALL = 'k-all-0123456789abcdef'
 KEY_RESNET = 'k-resnet-0123456789abcdef'
 
@@ -27,13 +24,22 @@ def server(exported):
   srv.stop()
 
 
+def metric_sum(text: str, prefix: str) -> float:
+  return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
 @pytest.fixture(scope='module')
 def jax_keyed_server(exported, server, tmp_path_factory):
-  """The JAX backend, API keys from a file, a tiny queue and a long batch timeout (to provoke 429)."""
+  """Two worker processes, the JAX backend, API keys from a file (re-read by each worker), a tiny
+  queue and a long batch timeout (to provoke 429)."""
   keys = tmp_path_factory.mktemp('keys') / 'keys.txt'
   keys.write_text(f'# test keys\n{KEY_ALL} *\n{KEY_RESNET} digits_resnet\n')
-  srv = ServerProcess(exported['base'], '--backend', 'jax', '--api-keys', str(keys), '--max-queue-rows', '2',
-                      '--batch-timeout-ms', '300', '--max-batch-size', '8', '--buckets', '1,8')
+  srv = ServerProcess(exported['base'], '--workers', '2', '--backend', 'jax', '--api-keys', str(keys),
+                      '--max-queue-rows', '2', '--batch-timeout-ms', '300', '--max-batch-size', '8', '--buckets', '1,8')
+  deadline = time.time() + 180
+  while metric_sum(httpx.get(srv.url + '/metrics').text, 'maasjax_model_events_total{event="loaded",model="digits"}') < 2:
+    assert time.time() < deadline, srv.output()  # each worker loads its own copy; the pooled count says both did
+    time.sleep(0.5)
   yield srv
   srv.stop()
 
@@ -218,25 +224,18 @@ def test_overload_gets_429(jax_keyed_server, reference):
   assert 'overloaded' in next(r for r in responses if r.status_code == 429).json()['error']
 
 
-def test_two_workers_share_the_port_and_pool_their_metrics(exported, reference):
+def test_two_workers_share_the_port_and_pool_their_metrics(jax_keyed_server, reference):
+  """Last in this file: it ends by stopping the two-worker server with SIGTERM."""
   x, ref = reference
-  srv = ServerProcess(exported['base'], '--workers', '2', '--max-batch-size', '8', '--buckets', '1,8')
-  try:
-    metric = lambda text, name: sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(name))
-    loaded = 'maasjax_model_events_total{event="loaded",model="digits"}'
-    deadline = time.time() + 180
-    while metric(httpx.get(srv.url + '/metrics').text, loaded) < 2:  # each worker loads its own copy
-      assert time.time() < deadline, srv.output()
-      time.sleep(0.5)
-    body = {'instances': x.tolist()}
-    for _ in range(40):  # a new connection each time, so both workers take requests
-      r = post(srv.url, '/v1/models/digits:predict', body, headers={'Connection': 'close'})
-      assert r.status_code == 200, r.text
-      assert [p['classes'] for p in r.json()['predictions']] == ref['classes'].tolist()
-    text = httpx.get(srv.url + '/metrics').text
-    assert metric(text, 'maasjax_requests_total{api="v1",code="200",model="digits"}') == 40  # all workers' counts
-    assert metric(text, 'maasjax_batch_size_sum{model="digits"}') >= 40 * len(x)
-    assert len({line.split('[')[1].split(']')[0] for line in srv.output().splitlines()
-                if 'maasjax.serve[' in line and 'loaded and warmed up' in line}) == 2  # two processes
-  finally:
-    assert srv.stop() == 0
+  url, auth = jax_keyed_server.url, {'Authorization': 'Bearer ' + KEY_ALL}
+  ok = 'maasjax_requests_total{api="v1",code="200",model="digits"}'
+  before = metric_sum(httpx.get(url + '/metrics').text, ok)
+  for _ in range(16):  # new connections, spread over the workers' sockets by the kernel
+    r = post(url, '/v1/models/digits:predict', {'instances': x.tolist()}, headers={**auth, 'Connection': 'close'})
+    assert r.status_code == 200, r.text
+    assert [p['classes'] for p in r.json()['predictions']] == ref['classes'].tolist()
+  assert metric_sum(httpx.get(url + '/metrics').text, ok) - before == 16  # every worker's requests counted
+  pids = {line.split('maasjax.serve[')[1].split(']')[0] for line in jax_keyed_server.output().splitlines()
+          if 'maasjax.serve[' in line and 'model digits version 1 loaded' in line}
+  assert len(pids) == 2, jax_keyed_server.output()  # two processes, each with its own copy
+  assert jax_keyed_server.stop() == 0  # SIGTERM: the supervisor drains both workers and exits 0
