@@ -27,6 +27,22 @@ from maasjax.train.loop import setup  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def time_steps(advance, carry, steps: int, repeats: int) -> tuple[float, float]:
+  """(first call incl. compile, best of `repeats` runs of `steps` calls) in seconds, for
+  `carry = advance(carry, step_index)`; waits for the device after each run."""
+  t0 = time.perf_counter()
+  carry = jax.block_until_ready(advance(carry, 0))
+  compile_s = time.perf_counter() - t0
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for s in range(steps):
+      carry = advance(carry, s)
+    jax.block_until_ready(carry)
+    best = min(best, time.perf_counter() - t0)
+  return compile_s, best
+
+
 def bench(config_name: str, batch_size: int, steps: int, repeats: int) -> dict:
   config = load_config(os.path.join(ROOT, 'experiments', f'{config_name}.py'),
                        [('batch_size', str(batch_size))])
@@ -38,17 +54,8 @@ def bench(config_name: str, batch_size: int, steps: int, repeats: int) -> dict:
       exp = setup(config)
   state = exp.steps.init()
   batches = [parallel.global_batch(exp.mesh, exp.dataset.train_batch(s, batch_size)) for s in range(8)]
-  t0 = time.perf_counter()
-  state, m = exp.steps.train_step(state, batches[0])
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t0
-  best = float('inf')
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    for s in range(steps):
-      state, m = exp.steps.train_step(state, batches[s % len(batches)])
-    jax.block_until_ready((state, m))
-    best = min(best, time.perf_counter() - t0)
+  compile_s, best = time_steps(lambda c, s: exp.steps.train_step(c[0], batches[s % len(batches)]),
+                               (state, None), steps, repeats)
   return {'config': config_name, 'input_shape': list(exp.dataset.info.input_shape), 'batch_size': batch_size,
           'steps_per_second': steps / best, 'examples_per_second': steps * batch_size / best,
           'first_step_incl_compile_s': compile_s}
@@ -81,17 +88,7 @@ def plain_flax_mnist(steps: int, repeats: int, batch_size: int = 128) -> dict:
     updates, opt = tx.update(grads, opt, params)
     return optax.apply_updates(params, updates), opt, value
 
-  t0 = time.perf_counter()
-  params, opt, value = step(params, opt)
-  jax.block_until_ready(value)
-  compile_s = time.perf_counter() - t0
-  best = float('inf')
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      params, opt, value = step(params, opt)
-    jax.block_until_ready(value)
-    best = min(best, time.perf_counter() - t0)
+  compile_s, best = time_steps(lambda c, s: step(c[0], c[1]), (params, opt, None), steps, repeats)
   return {'config': 'plain flax', 'input_shape': [28, 28, 1], 'batch_size': batch_size,
           'steps_per_second': steps / best, 'examples_per_second': steps * batch_size / best,
           'first_step_incl_compile_s': compile_s}
