@@ -50,7 +50,14 @@ def run_cli(*args, env=None, timeout=600, cwd=ROOT):
                         capture_output=True, text=True, timeout=timeout)
 
 
-# Tests sharing the session's exported models (serve_fixtures.exported) run in one pytest-xdist process.
+@pytest.fixture(scope='session')
+def exported(tmp_path_factory):
+  """The digits CNN and ResNet, trained a few steps and exported once per session (serve_fixtures)."""
+  from serve_fixtures import build_exported
+  return build_exported(tmp_path_factory)
+
+
+# Tests sharing the session's exported models run in one pytest-xdist process.
 EXPORTED_MODULES = {'test_export.py', 'test_serve.py', 'test_serve_reload.py'}
 
 

@@ -1,6 +1,7 @@
-"""Session fixtures for export and serving tests: tiny trained models, exported once, and real servers.
+"""Helpers for export and serving tests: tiny trained models exported once, and real servers.
 
-Import the fixtures into a test module with `from serve_fixtures import *`.
+The `exported` fixture itself is defined in conftest.py: a fixture imported into several test
+modules becomes one fixture per module, and each would train and export the models again.
 """
 import contextlib
 import os
@@ -13,7 +14,6 @@ import time
 
 import httpx
 import numpy as np
-import pytest
 
 from conftest import ROOT, experiment_config
 
@@ -28,8 +28,7 @@ def train_tiny(name: str, workdir: str) -> str:
   return workdir
 
 
-@pytest.fixture(scope='session')
-def exported(tmp_path_factory):
+def build_exported(tmp_path_factory):
   """{'base': base path, 'workdirs': {...}, 'results': {model: ExportResult}} for the CNN and the ResNet."""
   from maasjax import cli
   from maasjax.config import from_json

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from serve_fixtures import exported, jax_reference, heldout_digits  # noqa: F401 - fixtures
+from serve_fixtures import jax_reference, heldout_digits
 from maasjax.config import ConfigError
 from maasjax.export import layout
 from maasjax.export.exporter import compare, run_in_plain_tf

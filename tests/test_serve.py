@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_fixtures import ServerProcess, exported, heldout_digits, jax_reference, write_broken_version  # noqa: F401
+from serve_fixtures import ServerProcess, heldout_digits, jax_reference, write_broken_version
 from maasjax.client import Client, ServerError
 
 KEY_ALL = 'k-all-0123456789abcdef'

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_fixtures import ServerProcess, copy_version, exported, write_broken_version  # noqa: F401
+from serve_fixtures import ServerProcess, copy_version, write_broken_version
 
 BODY = {'inputs': [{'name': 'inputs', 'shape': [1, 8, 8, 1], 'datatype': 'FP32', 'data': [1.0] * 64}]}
 
