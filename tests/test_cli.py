@@ -29,6 +29,12 @@ CFG = os.path.join(ROOT, 'experiments', 'digits_mlp.py')
     (['train', '--workdir', '{w}'], 'the following arguments are required: --config'),
     (['trian'], "invalid choice: 'trian'"),
     (['eval', '--config', CFG, '--workdir', '{w}'], 'has no checkpoint to evaluate'),
+    (['serve', '--model-base-path', '{w}', '--workers', '0'], '--workers 0: expected an integer >= 1'),
+    (['serve', '--model-base-path', '{w}', '--max-batch-size', '0'], '--max-batch-size 0: expected an integer >= 1'),
+    (['serve', '--model-base-path', '{w}', '--buckets', 'a,b'], "--buckets 'a,b': expected a comma list"),
+    (['serve', '--model-base-path', '{w}', '--version-policy', 'newest'], "--version-policy 'newest': expected latest"),
+    (['serve', '--model-base-path', '{w}', '--api-keys', '{w}.keys'], '.keys\' cannot be read: No such file'),
+    (['serve', '--model-base-path', '{w}'], "is not a directory; expected a folder of NAME/VERSION/ SavedModels"),
 ])
 def test_bad_input_exits_2_with_one_message(argv, message, tmp_path, capsys):
   argv = [a.replace('{w}', str(tmp_path / 'w')) for a in argv]
