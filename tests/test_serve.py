@@ -170,14 +170,13 @@ def test_concurrent_requests_are_batched_and_metered(server, reference):
   assert all(code == 200 for code, _ in results)
   assert [cls for _, cls in results] == [int(ref['classes'][i % 5]) for i in range(64)]
   text = httpx.get(server.url + '/metrics').text
-  metric = lambda name: float(next(l.split()[-1] for l in text.splitlines() if l.startswith(name)))
-  calls = metric('maasjax_batch_size_count{model="digits"}')
-  rows = metric('maasjax_batch_size_sum{model="digits"}')
+  calls = metric_sum(text, 'maasjax_batch_size_count{model="digits"}')
+  rows = metric_sum(text, 'maasjax_batch_size_sum{model="digits"}')
   assert rows >= 64 and rows / calls > 1.0, (rows, calls)  # some calls carried several requests
-  assert metric('maasjax_requests_total{api="v2",code="200",model="digits"}') >= 64
-  assert metric('maasjax_request_errors_total{code="404"}') >= 1
+  assert metric_sum(text, 'maasjax_requests_total{api="v2",code="200",model="digits"}') >= 64
+  assert metric_sum(text, 'maasjax_request_errors_total{code="404"}') >= 1
   assert 'maasjax_request_latency_seconds_bucket' in text and 'maasjax_queue_rows' in text
-  assert metric('maasjax_model_events_total{event="load_failed",model="broken"}') == 1
+  assert metric_sum(text, 'maasjax_model_events_total{event="load_failed",model="broken"}') == 1
 
 
 def test_api_keys_allow_and_deny(jax_keyed_server, reference):
