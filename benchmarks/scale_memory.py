@@ -66,7 +66,7 @@ def main(argv=None) -> int:
       del params, opt_state
   base = {r['model']: r for r in rows if r['preset'] == 'replicate'}
   print(f'{n} simulated CPU devices; bytes held by device 0 (float32 parameters, AdamW mu and nu)')
-  print(f'| model | preset | mesh | params | param MiB/device | vs replicated | opt state MiB/device |')
+  print('| model | preset | mesh | params | param MiB/device | vs replicated | opt state MiB/device |')
   print('|---|---|---|---|---|---|---|')
   for r in rows:
     ratio = r['param_bytes_per_device'] / base[r['model']]['param_bytes_per_device']

@@ -65,7 +65,6 @@ def plain_flax_mnist(steps: int, repeats: int, batch_size: int = 128) -> dict:
   """The same MNIST CNN and optimizer as a bare flax + optax step (no framework), for reference:
   the gap to `mnist_cnn` is what maasjax's step adds."""
   import flax.linen as nn
-  import jax.numpy as jnp
   import optax
 
   class PlainCNN(nn.Module):

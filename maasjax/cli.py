@@ -1,23 +1,41 @@
-"""`maasjax train|eval ...`: parses arguments and calls the library; errors exit 2 with one message."""
+"""`maasjax COMMAND ...`: one table of commands; each area's module is imported only when its command runs.
+
+Every command lives in its area (`maasjax/<area>/commands.py`) as `add_args(parser)` and
+`run(args, overrides)`; this file only parses and dispatches, so `maasjax --help` and
+`maasjax serve --help` load neither flax nor TensorFlow. Errors a user must fix exit 2 with one line.
+"""
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import importlib
 import sys
-from typing import Callable, Sequence
+from typing import NamedTuple, Sequence
 
-from maasjax.config import ConfigError, load_config, split_overrides
+from maasjax.config import ConfigError, split_overrides
 
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
 
-# Modules that define more subcommands with `@command(...)` (imported lazily by build_parser).
-# Each area adds its own module here: one line, so parallel work does not collide.
-COMMAND_MODULES: list[str] = [
-    'maasjax.export.commands',
-    'maasjax.serve.commands',
-    'maasjax.generate',
-]
+class Command(NamedTuple):
+  module: str  # imported only when this command runs (or its --help is asked for)
+  add_args: str  # name of `add_args(parser)` in the module
+  run: str  # name of `run(args, overrides)` in the module
+  help: str
+  takes_overrides: bool = False  # accepts --config.a.b=value
+
+
+COMMANDS: dict[str, Command] = {
+    'train': Command('maasjax.train.commands', 'train_args', 'train',
+                     'train (resuming from the workdir), evaluate, write summary.json', True),
+    'eval': Command('maasjax.train.commands', 'eval_args', 'evaluate',
+                    'evaluate a trained workdir\'s latest checkpoint (its config.json; no --config needed)', True),
+    'export': Command('maasjax.export.commands', 'export_args', 'export',
+                      'export a workdir\'s checkpoint as a TF SavedModel at OUT/NAME/VERSION (parity-checked)', True),
+    'models': Command('maasjax.export.commands', 'models_args', 'models',
+                      'list every model and version under a base path (task, inputs, size, test metrics)'),
+    'serve': Command('maasjax.serve.commands', 'add_args', 'run',
+                     'serve every model under a base path over TF Serving REST v1 and Open Inference Protocol v2'),
+    'generate': Command('maasjax.generate', 'add_args', 'run',
+                        'sample a continuation from a trained language model (or an output from a seq2seq model)'),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,54 +43,23 @@ class _Parser(argparse.ArgumentParser):
     raise ConfigError(f'{self.prog}: {message}')
 
 
-def command(name: str, help_text: str, add_args: Callable[[argparse.ArgumentParser], None] | None = None):
-  """Registers `fn(args, overrides)` as `maasjax NAME`; `add_args(parser)` declares its flags."""
-  def wrap(fn):
-    COMMANDS[name] = (help_text, add_args or (lambda p: None), fn)
-    return fn
-  return wrap
+def _chosen(argv: Sequence[str]) -> str | None:
+  """The command word in argv (the first argument that is not an option), if it names a command."""
+  for arg in argv:
+    if not arg.startswith('-'):
+      return arg if arg in COMMANDS else None
+  return None
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
-  p.add_argument('--config', required=True,
-                 help='experiment config file, e.g. experiments/digits_cnn.py; override keys with --config.a.b=value')
-  p.add_argument('--workdir', required=True, help='directory for checkpoints, metrics, summaries')
-
-
-@command('train', 'train (resuming from the workdir), evaluate, write summary.json', add_config_args)
-def cmd_train(args, overrides):
-  from maasjax.train.loop import train_and_evaluate
-  config = load_config(args.config, overrides)
-  summary = train_and_evaluate(config, args.workdir)
-  keys = [k for k in summary if k.startswith(('test/', 'eval/'))]
-  print('summary: ' + ', '.join(f'{k}={summary[k]:.4f}' for k in keys) +
-        f', wall_time_s={summary["wall_time_s"]:.1f}, params={summary["num_params"]}')
-  print(f'wrote {os.path.join(args.workdir, "summary.json")} and {os.path.join(args.workdir, "learning_curves.png")}')
-
-
-
-def _eval_args(p):
-  add_config_args(p)
-  p.add_argument('--split', default='test', help='split to evaluate (default: test)')
-
-
-@command('eval', 'evaluate the latest checkpoint of a workdir on the test split', _eval_args)
-def cmd_eval(args, overrides):
-  from maasjax.train.loop import evaluate
-  config = load_config(args.config, overrides)
-  metrics = evaluate(config, args.workdir, args.split)
-  print(json.dumps(metrics, indent=2))
-
-
-
-def build_parser() -> argparse.ArgumentParser:
-  import importlib
-  for module in COMMAND_MODULES:
-    importlib.import_module(module)
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+  """The parser, with flags only for the command named in argv (so other areas stay unimported)."""
   parser = _Parser(prog='maasjax', description='maasjax: config -> train -> evaluate -> export -> serve')
   sub = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
-  for name, (help_text, add_args, _) in COMMANDS.items():
-    add_args(sub.add_parser(name, help=help_text, description=help_text))
+  chosen = _chosen(argv)
+  for name, cmd in COMMANDS.items():
+    p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+    if name == chosen:
+      getattr(importlib.import_module(cmd.module), cmd.add_args)(p)
   return parser
 
 
@@ -80,14 +67,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     overrides, rest = split_overrides(argv)
-    parser = build_parser()
+    parser = build_parser(rest)
     args = parser.parse_args(rest)
     if not args.command:
       parser.print_help()
       return 2
-    if overrides and not hasattr(args, 'config'):
+    cmd = COMMANDS[args.command]
+    if overrides and not cmd.takes_overrides:
       raise ConfigError(f'maasjax {args.command} takes no --config.* overrides')
-    COMMANDS[args.command][2](args, overrides)
+    getattr(importlib.import_module(cmd.module), cmd.run)(args, overrides)
     return 0
   except ConfigError as e:
     print(f'maasjax: error: {e}', file=sys.stderr)
@@ -95,15 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   except KeyboardInterrupt:
     print('maasjax: interrupted; the last complete checkpoint is kept', file=sys.stderr)
     return 130
-  except Exception as e:  # noqa: BLE001 - the loop's own typed failures
-    from maasjax.train.loop import TrainingDiverged
-    if isinstance(e, TrainingDiverged):
+  except Exception as e:  # noqa: BLE001 - the loop's own typed failure; anything else is a bug: re-raised
+    if type(e).__name__ == 'TrainingDiverged':
       print(f'maasjax: error: {e}', file=sys.stderr)
       return 1
     raise
 
 
 if __name__ == '__main__':
-  # Run the importable module, not this __main__ copy: COMMAND_MODULES register into maasjax.cli.COMMANDS.
-  from maasjax.cli import main as _main
-  sys.exit(_main())
+  sys.exit(main())

@@ -175,9 +175,32 @@ def check_name(kind: str, name: str, known: Iterable[str]) -> None:
     raise ConfigError(f'unknown {kind} {name!r}{_suggest(str(name), known)}; known {kind}s: {", ".join(known)}')
 
 
-def to_json(config: ml_collections.ConfigDict) -> str:
-  return config.to_json_best_effort(indent=2, sort_keys=True)
-
-
 def from_json(text: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(text))
+
+
+WORKDIR_CONFIG = 'config.json'  # written by `maasjax train` into every workdir
+
+
+def load_workdir_config(workdir: str, config_spec: str | None = None,
+                        overrides: Sequence[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (its config.json), or `config_spec` with overrides if given.
+
+  The one way every command that reads a trained workdir (eval, export, generate, compress) gets its config.
+  """
+  if config_spec:
+    return load_config(config_spec, overrides)
+  if not os.path.isdir(workdir):
+    raise ConfigError(f'workdir {workdir!r} does not exist; expected a folder written by maasjax train')
+  path = os.path.join(workdir, WORKDIR_CONFIG)
+  if not os.path.exists(path):
+    raise ConfigError(f'workdir {workdir!r} has no {WORKDIR_CONFIG}; train a model there first with maasjax train '
+                      '(or pass --config, the experiment that trained it)')
+  with open(path) as f:
+    try:
+      config = from_json(f.read())
+    except ValueError as e:
+      raise ConfigError(f'{path} is not valid JSON ({e}); it should be the config maasjax train wrote') from None
+  for key, value in overrides:
+    apply_override(config, key, value)
+  return config

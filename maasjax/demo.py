@@ -44,10 +44,9 @@ def serve_and_ask(out: str, name: str, workdir: str) -> None:
   """Starts `maasjax serve` on 127.0.0.1, sends one held-out digit, prints the answer, stops the server."""
   import numpy as np
   from maasjax.client import Client
-  from maasjax.config import from_json
+  from maasjax.config import load_workdir_config
   from maasjax.data import load_dataset
-  with open(os.path.join(workdir, 'config.json')) as f:
-    batch = next(load_dataset(from_json(f.read())).eval_batches('test', 1))
+  batch = next(load_dataset(load_workdir_config(workdir)).eval_batches('test', 1))
   port = _free_port()
   server = subprocess.Popen([sys.executable, '-m', 'maasjax.cli', 'serve', '--model-base-path', out, '--port', str(port),
                              '--max-batch-size', '8', '--buckets', '1,8', '--log-level', 'warning'],

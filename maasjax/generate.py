@@ -4,32 +4,20 @@ Reads the workdir's config.json and latest checkpoint; decoding uses the KV cach
 """
 from __future__ import annotations
 
-import functools
+import argparse
 import json
 import os
+import sys
 
-import jax
 import numpy as np
 
-from maasjax.cli import command
-from maasjax.config import ConfigError, from_json
-from maasjax.data.base import DatasetInfo
-from maasjax.data.tokenizers import tokenizer_from_info
-from maasjax.models import build_model, decoding
-from maasjax.train import checkpoint as ckpt_lib
+from maasjax.config import ConfigError, load_workdir_config
 
 TEXT_TASKS = ('language_modelling', 'seq2seq')
 
 
-def load_config(workdir: str):
-  path = ckpt_lib.config_path(workdir)
-  if not os.path.exists(path):
-    raise ConfigError(f'workdir {workdir!r} has no config.json; train a model there first with maasjax train')
-  with open(path) as f:
-    return from_json(f.read())
-
-
-def load_dataset_info(workdir: str) -> DatasetInfo:
+def load_dataset_info(workdir: str):
+  from maasjax.data.base import DatasetInfo
   path = os.path.join(workdir, 'dataset_info.json')
   if not os.path.exists(path):
     raise ConfigError(f'workdir {workdir!r} has no dataset_info.json; train a model there first with maasjax train')
@@ -53,9 +41,12 @@ def prompt_batch(task: str, tok, model, input_width: int, prompts: list[str], ma
     if width > input_width:
       raise ConfigError(f'input of {width} tokens is longer than the model\'s inputs ({input_width})')
     width = input_width
+    if max_new_tokens + 1 > model.max_len:  # the decoder's cache holds BOS + the output
+      raise ConfigError(f'--max-new-tokens {max_new_tokens}: this seq2seq model writes at most {model.max_len - 1} '
+                        f'output tokens (its decoder max_len={model.max_len}, one slot for BOS)')
   elif width + max_new_tokens > model.max_len:
-    raise ConfigError(f'prompt of {width} tokens + max_new_tokens={max_new_tokens} exceeds the model\'s '
-                      f'max_len={model.max_len}; shorten the prompt or lower --max_new_tokens')
+    raise ConfigError(f'prompt of {width} tokens + --max-new-tokens {max_new_tokens} exceeds the model\'s '
+                      f'max_len={model.max_len}; shorten the prompt or lower --max-new-tokens')
   batch = np.zeros((len(rows), width), np.int32)
   for i, r in enumerate(rows):
     if task == 'language_modelling':
@@ -65,17 +56,28 @@ def prompt_batch(task: str, tok, model, input_width: int, prompts: list[str], ma
   return batch
 
 
-def generate_text(workdir: str, prompts: list[str], max_new_tokens: int = 200, temperature: float = 0.8,
+def generate_text(workdir: str, prompts: list[str], max_new_tokens: int | None = None, temperature: float = 0.8,
                   top_k: int = 0, seed: int = 0, use_cache: bool = True) -> tuple[str, list[str]]:
-  """(task name, one sampled continuation (LM) or output (seq2seq) per prompt), from the latest checkpoint."""
+  """(task name, one sampled continuation (LM) or output (seq2seq) per prompt), from the latest checkpoint.
+
+  `max_new_tokens` None: 200 for a language model, the training targets' length for seq2seq.
+  """
+  import functools
+
+  import jax
+
+  from maasjax.data.tokenizers import tokenizer_from_info
+  from maasjax.models import build_model, decoding
   from maasjax.train.loop import model_extra_fields, restore_latest
-  config, info = load_config(workdir), load_dataset_info(workdir)
+  config, info = load_workdir_config(workdir), load_dataset_info(workdir)
   if info.task not in TEXT_TASKS:
     raise ConfigError(f'workdir {workdir!r} holds a {info.task!r} model; generate needs a language model or a '
                       'seq2seq model (e.g. experiments/char_lm.py, experiments/seq2seq_transformer.py)')
+  if max_new_tokens is None:
+    max_new_tokens = int(info.extra.get('target_length', 200)) if info.task == 'seq2seq' else 200
   if max_new_tokens < 1 or temperature < 0 or top_k < 0:
-    raise ConfigError(f'max_new_tokens={max_new_tokens}, temperature={temperature}, top_k={top_k}: expected '
-                      'max_new_tokens >= 1, temperature >= 0 (0 is greedy), top_k >= 0 (0 keeps all tokens)')
+    raise ConfigError(f'--max-new-tokens {max_new_tokens}, --temperature {temperature}, --top-k {top_k}: expected '
+                      'max-new-tokens >= 1, temperature >= 0 (0 is greedy), top-k >= 0 (0 keeps all tokens)')
   tok = tokenizer_from_info(info)
   # Prompts are checked before the checkpoint is read: a bad request fails in a moment.
   batch = prompt_batch(info.task, tok, build_model(config, **model_extra_fields(info)), int(info.input_shape[0]),
@@ -86,25 +88,41 @@ def generate_text(workdir: str, prompts: list[str], max_new_tokens: int = 200, t
     fn = functools.partial(decoding.seq2seq_generate, model, bos_id=tok.bos_id, eos_id=tok.eos_id)
   else:
     fn = functools.partial(decoding.lm_generate, model, eos_id=tok.eos_id)
-  run = jax.jit(lambda params, x, key: fn(params, x, max_new_tokens, key, temperature=temperature, top_k=top_k,
-                                          use_cache=use_cache))
-  out = np.asarray(run(state.params, batch, jax.random.key(seed)))
+  run_fn = jax.jit(lambda params, x, key: fn(params, x, max_new_tokens, key, temperature=temperature, top_k=top_k,
+                                             use_cache=use_cache))
+  out = np.asarray(run_fn(state.params, batch, jax.random.key(seed)))
   return task, [tok.decode(row) for row in out]
 
 
-def _args(p):
+class _Deprecated(argparse.Action):
+  """An old underscore spelling of a flag: stored under the new one's name, with a line saying so."""
+
+  def __init__(self, option_strings, dest, new: str = '', **kw):
+    self.new = new
+    super().__init__(option_strings, dest, **kw)
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    print(f'maasjax generate: {option_string} is deprecated; use {self.new}', file=sys.stderr)
+    setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
+def add_args(p):
   p.add_argument('--workdir', required=True, help='a workdir trained with a transformer_lm or transformer_seq2seq config')
   p.add_argument('--prompt', required=True, action='append',
                  help='text to continue (LM) or to transform (seq2seq); repeat for a batch of prompts')
-  p.add_argument('--max_new_tokens', type=int, default=200)
+  p.add_argument('--max-new-tokens', type=int, default=None,
+                 help='tokens to generate (default: 200 for a language model, the target length for seq2seq)')
   p.add_argument('--temperature', type=float, default=0.8, help='0 is greedy decoding')
-  p.add_argument('--top_k', type=int, default=0, help='sample from the k most likely tokens (0: all)')
+  p.add_argument('--top-k', type=int, default=0, help='sample from the k most likely tokens (0: all)')
   p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--no_cache', action='store_true', help='re-run the whole sequence per token (slow reference)')
+  p.add_argument('--no-cache', action='store_true', help='re-run the whole sequence per token (slow reference)')
+  p.add_argument('--max_new_tokens', type=int, dest='max_new_tokens', action=_Deprecated, new='--max-new-tokens',
+                 help=argparse.SUPPRESS)
+  p.add_argument('--top_k', type=int, dest='top_k', action=_Deprecated, new='--top-k', help=argparse.SUPPRESS)
+  p.add_argument('--no_cache', dest='no_cache', action=_Deprecated, nargs=0, new='--no-cache', help=argparse.SUPPRESS)
 
 
-@command('generate', 'sample a continuation from a trained language model (or an output from a seq2seq model)', _args)
-def cmd_generate(args, overrides):
+def run(args, overrides):
   task, outputs = generate_text(args.workdir, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
                                 args.seed, use_cache=not args.no_cache)
   continuation = task == 'language_modelling' and len(args.prompt) == 1

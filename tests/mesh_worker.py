@@ -38,7 +38,7 @@ from maasjax.models import build_model  # noqa: E402
 from maasjax.train import checkpoint as ckpt_lib  # noqa: E402
 from maasjax.train.loop import model_extra_fields  # noqa: E402
 from maasjax.train.steps import compile_steps  # noqa: E402
-from maasjax.train.tasks import get_task  # noqa: E402
+from maasjax.train.task_table import get_task  # noqa: E402
 
 # Tiny configs per model family: a few steps of each take well under a second on 2 cores.
 # The LM is experiments/lm_tpu.py shrunk, on the bundled character text: 8 heads so that a

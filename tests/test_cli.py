@@ -28,6 +28,7 @@ CFG = os.path.join(ROOT, 'experiments', 'digits_mlp.py')
     (['train', '--config', 'nope.py', '--workdir', '{w}'], "config file 'nope.py' does not exist"),
     (['train', '--workdir', '{w}'], 'the following arguments are required: --config'),
     (['trian'], "invalid choice: 'trian'"),
+    (['eval', '--workdir', '{w}'], "workdir '{w}' does not exist"),
     (['eval', '--config', CFG, '--workdir', '{w}'], 'has no checkpoint to evaluate'),
     (['serve', '--model-base-path', '{w}', '--workers', '0'], '--workers 0: expected an integer >= 1'),
     (['serve', '--model-base-path', '{w}', '--max-batch-size', '0'], '--max-batch-size 0: expected an integer >= 1'),
@@ -38,6 +39,7 @@ CFG = os.path.join(ROOT, 'experiments', 'digits_mlp.py')
 ])
 def test_bad_input_exits_2_with_one_message(argv, message, tmp_path, capsys):
   argv = [a.replace('{w}', str(tmp_path / 'w')) for a in argv]
+  message = message.replace('{w}', str(tmp_path / 'w'))
   assert cli.main(argv) == 2
   err = capsys.readouterr().err
   assert err.startswith('maasjax: error: ')

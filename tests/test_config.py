@@ -1,7 +1,7 @@
 """Config loading and `--config.a.b=v` overrides: types, unknown keys, clear messages."""
 import pytest
 
-from maasjax.config import ConfigError, apply_override, load_config, split_overrides
+from maasjax.config import ConfigError, load_config, split_overrides
 from conftest import ROOT
 
 DIGITS = f'{ROOT}/experiments/digits_cnn.py'

@@ -1,7 +1,6 @@
 """The server over real HTTP: both APIs and formats, every error code, auth, limits, metrics, the JAX backend."""
 import concurrent.futures
 import json
-import os
 import time
 
 import httpx

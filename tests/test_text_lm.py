@@ -49,13 +49,13 @@ def test_char_lm_trains_and_generate_prints_text(tmp_path, capsys):
     entropy = json.load(f)['extra']['unigram_entropy']
   assert summary['eval/loss'] < entropy  # already below a no-context model after 60 tiny steps
   capsys.readouterr()
-  assert cli.main(['generate', '--workdir', str(tmp_path), '--prompt', 'The light', '--max_new_tokens', '40',
+  assert cli.main(['generate', '--workdir', str(tmp_path), '--prompt', 'The light', '--max-new-tokens', '40',
                    '--temperature', '0.8', '--seed', '1']) == 0
   out = capsys.readouterr().out.rstrip('\n')
   assert out.startswith('The light') and len(out) == len('The light') + 40
   # Unknown characters and over-long requests are one clear error (exit 2), not a traceback.
   assert cli.main(['generate', '--workdir', str(tmp_path), '--prompt', '\u2603', '--max_new_tokens', '4']) == 2
-  assert cli.main(['generate', '--workdir', str(tmp_path), '--prompt', 'a', '--max_new_tokens', '500']) == 2
+  assert cli.main(['generate', '--workdir', str(tmp_path), '--prompt', 'a', '--max-new-tokens', '500']) == 2
   assert 'max_len=128' in capsys.readouterr().err
 
 
@@ -74,7 +74,7 @@ def test_seq2seq_exact_match_is_greedy_decoding_and_generate(tmp_path, capsys):
   assert 0.3 < greedy_exact < 1.0  # part-trained: some outputs right, some wrong, and both measures agree
   capsys.readouterr()
   assert cli.main(['generate', '--workdir', str(tmp_path), '--prompt', '1234', '--prompt', '907',
-                   '--temperature', '0', '--max_new_tokens', '5']) == 0
+                   '--temperature', '0', '--max-new-tokens', '5']) == 0
   lines = capsys.readouterr().out.strip().splitlines()
   assert [line.split(' -> ')[0] for line in lines] == ['1234', '907']
   assert all(0 < len(line.split(' -> ')[1]) <= 5 for line in lines)

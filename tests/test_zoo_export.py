@@ -4,7 +4,6 @@ Graph models take padded graph arrays as named inputs (not batchable); the LM ad
 `generate` signature. (Seq2seq, RNN and token classifiers export the same way; each export costs
 ~20 s here, so the suite checks these two kinds of signature; benchmarks/model_zoo.py runs the rest.)
 """
-import os
 
 import jax
 import numpy as np

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 
-from maasjax.cli import command
-from maasjax.config import ConfigError, from_json, load_config
+from maasjax.config import ConfigError, load_workdir_config
 
 
-def _export_args(p):
+def export_args(p):
   p.add_argument('--config', help='experiment config file; default: the workdir\'s config.json')
   p.add_argument('--workdir', required=True, help='the trained workdir (checkpoints/, config.json)')
   p.add_argument('--model-name', required=True, help='name in URLs and in OUT/NAME/VERSION')
@@ -19,40 +17,27 @@ def _export_args(p):
   p.add_argument('--parity-examples', type=int, default=64, help='held-out inputs for the parity check')
 
 
-def config_for_workdir(config_path, workdir, overrides):
-  if config_path:
-    return load_config(config_path, overrides)
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise ConfigError(f'workdir {workdir!r} has no config.json; pass --config (the experiment that trained it) '
-                      'or train first with maasjax train')
-  if overrides:
-    raise ConfigError('--config.* overrides need --config; without it the workdir\'s config.json is used as is')
-  with open(path) as f:
-    return from_json(f.read())
-
-
-@command('export', 'export a workdir\'s checkpoint as a TF SavedModel at OUT/NAME/VERSION (parity-checked)', _export_args)
-def cmd_export(args, overrides):
+def export(args, overrides):
   from maasjax.export.exporter import export_workdir
   platforms = tuple(p.strip() for p in args.platforms.split(',') if p.strip())
   unknown = sorted(set(platforms) - {'cpu', 'cuda', 'rocm', 'tpu'})
   if unknown or not platforms:
     raise ConfigError(f'--platforms {args.platforms!r}: expected a comma list of cpu, cuda, rocm, tpu')
-  config = config_for_workdir(args.config, args.workdir, overrides)
+  if args.parity_examples < 1:
+    raise ConfigError(f'--parity-examples {args.parity_examples}: expected a positive number of held-out inputs')
+  config = load_workdir_config(args.workdir, args.config, overrides)
   result = export_workdir(config, args.workdir, args.model_name, args.out, args.version, platforms,
                           args.parity_examples, args.step)
   print(f'exported {result.path} in {result.seconds:.1f} s; parity on {result.num_examples} held-out inputs: '
         + ', '.join(f'{k}={v:.2g}' for k, v in result.max_abs_diff.items()))
 
 
-def _models_args(p):
+def models_args(p):
   p.add_argument('--model-base-path', required=True, help='folder of NAME/VERSION/ SavedModels')
   p.add_argument('--json', action='store_true', help='print JSON instead of a table')
 
 
-@command('models', 'list every model and version under a base path (task, inputs, size, test metrics)', _models_args)
-def cmd_models(args, overrides):
+def models(args, overrides):
   from maasjax.export.layout import catalog
   entries = catalog(args.model_base_path)
   if args.json:

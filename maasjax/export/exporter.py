@@ -14,13 +14,13 @@ import sys
 import tempfile
 import time
 from importlib import metadata as pkg_metadata
-from typing import Any
 
 import numpy as np
 
 from maasjax.config import ConfigError
 from maasjax.export import layout
-from maasjax.export.signatures import Signature, signatures_for
+from maasjax.export.signatures import signatures_for
+from maasjax.spec import Signature
 
 DEFAULT_PLATFORMS = ('cpu', 'cuda', 'tpu')
 

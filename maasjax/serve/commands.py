@@ -1,11 +1,10 @@
 """`maasjax serve`: the model server over a base path of exported models."""
 from __future__ import annotations
 
-from maasjax.cli import command
 from maasjax.config import ConfigError
 
 
-def _serve_args(p):
+def add_args(p):
   p.add_argument('--model-base-path', required=True, help='folder of NAME/VERSION/ SavedModels (maasjax export --out)')
   p.add_argument('--host', default='127.0.0.1', help='address to listen on (default 127.0.0.1: this machine only)')
   p.add_argument('--port', type=int, default=8501, help='port (default 8501, as TF Serving\'s REST port)')
@@ -36,9 +35,11 @@ def settings_from_args(args):
   for flag, value, low in (('--max-batch-size', args.max_batch_size, 1), ('--max-queue-rows', args.max_queue_rows, 1),
                            ('--max-body-bytes', args.max_body_bytes, 1), ('--model-threads', args.model_threads, 1),
                            ('--workers', args.workers, 1),
-                           ('--port', args.port, 0)):
+                           ('--port', args.port, 1)):
     if value < low:
       raise ConfigError(f'{flag} {value}: expected an integer >= {low}')
+  if args.port > 65535:
+    raise ConfigError(f'--port {args.port}: expected a TCP port between 1 and 65535')
   if args.batch_timeout_ms < 0 or args.poll_seconds <= 0:
     raise ConfigError('--batch-timeout-ms must be >= 0 and --poll-seconds > 0')
   try:
@@ -51,9 +52,7 @@ def settings_from_args(args):
                        model_threads=args.model_threads, api_keys=ApiKeys.load(args.api_keys))
 
 
-@command('serve', 'serve every model under a base path over TF Serving REST v1 and Open Inference Protocol v2',
-         _serve_args)
-def cmd_serve(args, overrides):
+def run(args, overrides):
   from maasjax.export.layout import list_models
   from maasjax.serve.repository import VersionPolicy
   from maasjax.serve.server import serve

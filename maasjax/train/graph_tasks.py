@@ -10,7 +10,8 @@ import numpy as np
 import optax
 
 from maasjax.data.graphs import batch_to_graph
-from maasjax.train.tasks import Classification, preprocess_inputs, register, run_model
+from maasjax.spec import SERVING_DEFAULT, Signature, TensorSpec
+from maasjax.train.tasks import Classification, preprocess_inputs, run_model
 
 
 class GraphClassification(Classification):
@@ -39,7 +40,6 @@ class GraphClassification(Classification):
 
     Not batchable: the server must not concatenate two requests' arrays (their indices would clash).
     """
-    from maasjax.export.signatures import SERVING_DEFAULT, Signature, TensorSpec
     edge_features = int(self.info.extra.get('graph', {}).get('edge_features', 1))
     inputs = {'nodes': TensorSpec((None,) + tuple(self.info.input_shape), 'float32', finite=True),
               'edges': TensorSpec((None, edge_features), 'float32', finite=True),
@@ -103,8 +103,3 @@ class GraphMultiLabel(GraphClassification):
 class NodeClassification(GraphClassification):
   """Transductive: the whole graph in every batch; the loss and metrics count the split's nodes."""
   name = 'node_classification'
-
-
-register('node_classification', NodeClassification)
-register('graph_classification', GraphClassification)
-register('graph_multilabel', GraphMultiLabel)

@@ -25,7 +25,8 @@ from maasjax.models import build_model
 from maasjax.train import checkpoint as ckpt_lib
 from maasjax.train.state import TrainState, count_params
 from maasjax.train.steps import CompiledSteps, compile_steps
-from maasjax.train.tasks import Task, get_task
+from maasjax.train.task_table import get_task
+from maasjax.train.tasks import Task
 
 
 class TrainingDiverged(RuntimeError):
@@ -296,14 +297,23 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str, step: int | 
   return exp, state, int(jax.device_get(state.step))
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, split: str = 'test') -> dict[str, float]:
-  """Evaluates the latest checkpoint on `split`; writes <workdir>/eval_<split>.json."""
+def split_prefix(split: str) -> str:
+  """The metric prefix of a split, as in summary.json and metrics.jsonl: validation is 'eval/'."""
+  return 'eval' if split == 'validation' else split
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, split: str = 'all') -> dict[str, float]:
+  """Evaluates the latest checkpoint on `split` ('all': validation and test, named as in summary.json);
+  writes <workdir>/eval_<split>.json."""
   exp, state, step = restore_latest(config, workdir)
-  if split not in exp.dataset.splits():
+  known = exp.dataset.splits()
+  splits = [s for s in ('validation', 'test') if s in known] if split == 'all' else [split]
+  if split != 'all' and split not in known:
     raise ConfigError(f'split {split!r} is not in dataset {exp.dataset.info.name!r}; '
-                      f'known splits: {", ".join(exp.dataset.splits())}')
-  metrics = evaluate_split(exp, state, split, split)
-  metrics['step'] = step
+                      f'known splits: {", ".join(known)} (or all)')
+  metrics = {'step': step}
+  for name in splits:
+    metrics.update(evaluate_split(exp, state, name, split_prefix(name)))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f'eval_{split}.json'), 'w') as f:
       json.dump(metrics, f, indent=2)

@@ -10,11 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from maasjax.data.tokenizers import PAD_ID, tokenizer_from_info
-from maasjax.train.tasks import Classification, Task, register, run_model
-
-BOS_ID, EOS_ID = 1, 2  # the seq2seq decoder's start and stop tokens (CharVocab / ByteVocab with BOS, EOS)
+from maasjax.data.tokenizers import tokenizer_from_info
+from maasjax.spec import BOS_ID, EOS_ID, PAD_ID, SERVING_DEFAULT, Signature, TensorSpec
+from maasjax.train.tasks import Classification, Task, run_model
 EXPORT_MAX_NEW_TOKENS = 128  # tokens an exported `generate` signature produces per request
+
+
+def token_spec(info, shape) -> TensorSpec:
+  """Token ids as a client sends them: 0 (padding) .. vocabulary size - 1; the server refuses others."""
+  vocab = int(info.extra.get('model_fields', {}).get('vocab_size', info.num_classes))
+  return TensorSpec(shape, 'int32', low=0, high=vocab - 1)
 
 
 def token_sums(logits_BxLxV, labels_BxL, batch) -> dict[str, jax.Array]:
@@ -52,12 +57,11 @@ class LanguageModelling(Task):
     `generate` takes prompts of the training length (left-padded with 0) and, per row, a temperature
     (0: greedy) and a seed; it returns up to EXPORT_MAX_NEW_TOKENS tokens (0 after an EOS), KV-cached.
     """
-    from maasjax.export.signatures import SERVING_DEFAULT, Signature, TensorSpec
     from maasjax.models import decoding
     prompt_len = int(self.info.input_shape[0])
     eos_id = tokenizer_from_info(self.info).eos_id  # None for a plain character vocabulary
     score = lambda variables, x: {'logits': self.forward(model, variables, {'inputs': x['tokens']}, train=False)}
-    sigs = {SERVING_DEFAULT: Signature({'tokens': TensorSpec((None, None), 'int32')}, score,
+    sigs = {SERVING_DEFAULT: Signature({'tokens': token_spec(self.info, (None, None))}, score,
                                        lambda batch: {'tokens': np.asarray(batch['inputs'])},
                                        polymorphic={'tokens': 'b, t'}, tolerance=1e-4)}
     new_tokens = min(EXPORT_MAX_NEW_TOKENS, model.max_len - prompt_len)
@@ -79,8 +83,8 @@ class LanguageModelling(Task):
       return {'tokens': left, 'temperature': np.where(rows % 2, 0.8, 0.0).astype(np.float32),
               'seed': rows.astype(np.int32)}
 
-    sigs['generate'] = Signature({'tokens': TensorSpec((None, prompt_len), 'int32'),
-                                  'temperature': TensorSpec((None,), 'float32', finite=True),
+    sigs['generate'] = Signature({'tokens': token_spec(self.info, (None, prompt_len)),
+                                  'temperature': TensorSpec((None,), 'float32', finite=True, low=0.0),
                                   'seed': TensorSpec((None,), 'int32')}, generate, example)
     return sigs
 
@@ -126,7 +130,6 @@ class Seq2Seq(Task):
 
   def export_signatures(self, model):
     """`serving_default`: input tokens -> greedily decoded output tokens (KV-cached; 0 after EOS)."""
-    from maasjax.export.signatures import SERVING_DEFAULT, Signature, TensorSpec
     from maasjax.models import decoding
     length = int(self.info.extra.get('target_length', model.max_len))
 
@@ -134,7 +137,7 @@ class Seq2Seq(Task):
       return {'tokens': decoding.seq2seq_generate(model, variables['params'], x['inputs'], length, jax.random.key(0),
                                                   bos_id=BOS_ID, eos_id=EOS_ID)}
 
-    spec = TensorSpec((None,) + tuple(self.info.input_shape), 'int32')
+    spec = token_spec(self.info, (None,) + tuple(self.info.input_shape))
     return {SERVING_DEFAULT: Signature({'inputs': spec}, translate, lambda batch: {'inputs': np.asarray(batch['inputs'])})}
 
 
@@ -148,11 +151,5 @@ class SequenceClassification(Classification):
   def forward(self, model, variables, batch, train, rngs=None, mutable=False, init=False):
     return run_model(model, variables, (batch['inputs'],), train, rngs, mutable, init)
 
-  def export_signatures(self, model):
-    from maasjax.export.signatures import classification_signatures
-    return classification_signatures(self, model)  # token ids in, logits / probabilities / classes out
-
-
-register('language_modelling', LanguageModelling)
-register('seq2seq', Seq2Seq)
-register('sequence_classification', SequenceClassification)
+  def input_spec(self) -> TensorSpec:
+    return token_spec(self.info, (None,) + tuple(self.info.input_shape))

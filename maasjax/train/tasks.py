@@ -6,14 +6,16 @@ and over many hosts is exact: metrics = sums / count.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from maasjax.config import check_name
+from maasjax.config import ConfigError
 from maasjax.data.base import DatasetInfo
+from maasjax.spec import SERVING_DEFAULT, Signature, TensorSpec
 
 
 def preprocess_inputs(x, info: DatasetInfo):
@@ -71,6 +73,10 @@ class Task:
     count = max(float(sums['count']), 1.0)
     return {name: float(sums[name]) / count for name in self.metric_names}
 
+  def export_signatures(self, model) -> dict[str, Signature]:
+    """What an export serves: {name: Signature}, `serving_default` among them (maasjax.spec.Signature)."""
+    raise ConfigError(f'task {self.name!r} has no serving signature; define {type(self).__name__}.export_signatures')
+
 
 class Classification(Task):
   """Softmax cross-entropy over integer labels; optional 'mask' weights padded examples out."""
@@ -92,20 +98,26 @@ class Classification(Task):
     sums = {'loss': jnp.sum(loss_B * mask_B), 'accuracy': jnp.sum(correct_B * mask_B), 'count': count}
     return sums['loss'] / jnp.maximum(count, 1.0), sums
 
+  def input_spec(self) -> TensorSpec:
+    """Raw inputs as a client sends them (token ids are bounded by the vocabulary)."""
+    dtype = str(np.dtype(self.info.input_dtype))
+    return TensorSpec((None,) + tuple(int(d) for d in self.info.input_shape), dtype, finite=dtype.startswith('float'))
 
-TASKS: dict[str, Callable[[DatasetInfo], Task]] = {
-    'classification': Classification,
-}
+  def export_signatures(self, model) -> dict[str, Signature]:
+    """Raw inputs in; logits, probabilities, classes (and top-5 beyond 5 classes) out."""
+    num_classes = int(self.info.num_classes)
+    k = min(5, num_classes)
 
+    def serve(variables, inputs):
+      logits_BxC = self.forward(model, variables, {'inputs': inputs['inputs']}, train=False)
+      probs_BxC = jax.nn.softmax(logits_BxC, axis=-1)
+      out = {'logits': logits_BxC, 'probabilities': probs_BxC,
+             'classes': jnp.argmax(logits_BxC, axis=-1).astype(jnp.int32)}
+      if num_classes > 5:
+        # argsort, not lax.top_k: TF 2.21 cannot deserialize the StableHLO that jax 0.10 emits for top_k.
+        top_i_BxK = jnp.argsort(-probs_BxC, axis=-1)[:, :k].astype(jnp.int32)
+        out.update(top_k_probabilities=jnp.take_along_axis(probs_BxC, top_i_BxK, axis=-1), top_k_classes=top_i_BxK)
+      return out
 
-def register(name: str, factory: Callable[[DatasetInfo], Task]) -> None:
-  TASKS[name] = factory
-
-
-def get_task(info: DatasetInfo) -> Task:
-  check_name('task', info.task, TASKS)
-  return TASKS[info.task](info)
-
-
-# Task families in their own files register themselves (imported last: they subclass Task).
-from maasjax.train import graph_tasks, sequence_tasks  # noqa: E402,F401
+    return {SERVING_DEFAULT: Signature({'inputs': self.input_spec()}, serve,
+                                       lambda batch: {'inputs': np.asarray(batch['inputs'])})}
