@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import NamedTuple, Sequence
 
@@ -65,6 +66,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  # TF's C++ start-up banners (oneDNN notices) are not for users; set before anything imports TF.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   try:
     overrides, rest = split_overrides(argv)
     parser = build_parser(rest)

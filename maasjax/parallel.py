@@ -68,10 +68,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(axes if axes else None))
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
 def global_batch(mesh: Mesh, local_batch: Any, sharding: NamedSharding | None = None) -> Any:
   """Host-local numpy batch (this process's rows) -> global jax arrays sharded over the batch axes.
 

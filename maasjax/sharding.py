@@ -38,7 +38,7 @@ def exact(name: str) -> str:
 
 # ---- tensor parallelism, per model family: {param path -> axes per dim} -------------------------
 
-def dense_stack_tensor_axes(leaves: Leaves, model_size: int) -> dict[str, tuple]:
+def dense_stack_tensor_axes(leaves: Leaves) -> dict[str, tuple]:
   """Top-level Dense_i layers (MLP, CNN head) in pairs: column-parallel (output units over 'model'),
   then row-parallel (input units over 'model', outputs summed), so activations between a pair stay
   split and only the pair's output is all-reduced. The last layer, when it would start a new pair,
@@ -87,17 +87,14 @@ TRANSFORMER_VOCAB_RULES: list[tuple[str, tuple, int]] = [
     (r'(^|/)logits/bias$', (MODEL,), 0),
 ]
 
+# model name -> (param leaves, size of the 'model' axis) -> {param path: axes}.
 TENSOR_AXES: dict[str, Callable[[Leaves, int], dict[str, tuple]]] = {
-    'mlp': dense_stack_tensor_axes,
-    'cnn': dense_stack_tensor_axes,
+    'mlp': lambda leaves, _: dense_stack_tensor_axes(leaves),  # layer widths need not divide: no size check
+    'cnn': lambda leaves, _: dense_stack_tensor_axes(leaves),
     'transformer_lm': transformer_tensor_axes,
     'transformer_classifier': transformer_tensor_axes,
     'transformer_seq2seq': transformer_tensor_axes,
 }
-
-
-def register_tensor_axes(model_name: str, fn: Callable[[Leaves, int], dict[str, tuple]]) -> None:
-  TENSOR_AXES[model_name] = fn
 
 
 # ---- FSDP -----------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 from maasjax.config import load_config, load_workdir_config
 
@@ -20,7 +19,7 @@ def train(args, overrides) -> None:
   keys = [k for k in summary if k.startswith(('test/', 'eval/'))]
   print('summary: ' + ', '.join(f'{k}={summary[k]:.4f}' for k in keys) +
         f', wall_time_s={summary["wall_time_s"]:.1f}, params={summary["num_params"]}')
-  print(f'wrote {os.path.join(args.workdir, "summary.json")} and {os.path.join(args.workdir, "learning_curves.png")}')
+  print(f'outputs in {args.workdir}: summary.json, metrics.jsonl, learning_curves.png, checkpoints/')
 
 
 def eval_args(p) -> None:

@@ -75,7 +75,7 @@ def setup(config: ml_collections.ConfigDict, dataset: Dataset | None = None) -> 
   model = build_model(config, **model_extra_fields(dataset.info))
   tx = optim.make_optimizer(config)
   mesh = parallel.create_mesh(config.mesh)
-  multiple = parallel.batch_size_multiple(mesh) * 1
+  multiple = parallel.batch_size_multiple(mesh)
   task_shards_batch = not task.replicate_batch
   for key in ('batch_size', 'eval_batch_size'):
     if task_shards_batch and config[key] % multiple:
@@ -204,35 +204,92 @@ def save_run_files(workdir: str, exp: Experiment) -> None:
     json.dump(exp.dataset.info.to_dict(), f, indent=2)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (resuming from the workdir's latest checkpoint), evaluates, writes summary.json."""
+def prepare_workdir(workdir: str) -> None:
+  """Creates the workdir, or says in one line why it cannot be used."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f'--workdir {workdir!r} is a file; expected a directory for checkpoints and metrics')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f'--workdir {workdir!r} cannot be created ({e.strerror}); expected a writable directory '
+                      'path') from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise ConfigError(f'--workdir {workdir!r} is not writable; expected a directory you can write to')
+
+
+def _all_finite_fn():
+  """A jitted check that every float leaf of a pytree is finite (one scalar back to the host)."""
+  def all_finite(tree) -> jax.Array:
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.bool_(True)
+  return jax.jit(all_finite)
+
+
+def _read_summary(workdir: str) -> dict[str, Any] | None:
+  path = os.path.join(workdir, 'summary.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except ValueError:
+      return None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset | None = None
+                       ) -> dict[str, Any]:
+  """Trains (resuming from the workdir's latest checkpoint), evaluates, writes summary.json.
+
+  `dataset` (a maasjax.data.Dataset) replaces the one `config.dataset` names, e.g. your own data in a notebook.
+
+  Throughput in summary.json: `train_steps_per_second` counts training alone (steps after the first,
+  which compiles; evaluation, checkpoint saves and logging excluded), `loop_steps_per_second` the whole
+  loop from the first step to the last checkpoint written (what the wall clock of a run shows).
+  """
   t0 = time.time()
-  exp = setup(config)  # validates names and settings before anything is written
-  os.makedirs(workdir, exist_ok=True)
+  exp = setup(config, dataset)  # validates names and settings before anything is written
+  prepare_workdir(workdir)
   ckpt_lib.check_workdir_config(workdir, config)
   is_main = jax.process_index() == 0
   checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
                                        bool(config.checkpoint.get('async_save', True)))
   state = checkpointer.restore(exp.steps.abstract_state)
+  resumed = state is not None
   if state is None:
     state = exp.steps.init()
   start_step = int(jax.device_get(state.step))
+  num_steps = int(config.num_train_steps)
   if is_main:
     save_run_files(workdir, exp)
-  num_steps = int(config.num_train_steps)
+  if start_step >= num_steps:
+    previous = _read_summary(workdir)
+    kept = previous is not None and previous.get('steps') == start_step
+    if is_main:
+      print(f'{workdir}: already trained to step {start_step} (config.num_train_steps={num_steps}); '
+            f'{"summary.json kept" if kept else "evaluating it"}. Raise --config.num_train_steps to train further.',
+            flush=True)
+    if kept:
+      checkpointer.close()
+      return previous
+  elif resumed and is_main:
+    print(f'{workdir}: resuming from the checkpoint at step {start_step} of {num_steps}', flush=True)
   log = _Log(workdir, config, start_step, active=is_main)
+  all_finite = _all_finite_fn()
   pending: list[dict] = []  # device-side metric sums not yet pulled to the host
-  window_start, window_step = time.time(), start_step
-  steady_start, steady_steps = None, 0
+  loop_start = time.time()
+  steady_start, steady_steps, end_time = None, start_step, None
+  excluded = 0.0  # seconds since steady_start spent evaluating, logging and checkpointing
+  window_start, window_step, window_excluded = loop_start, start_step, 0.0
   try:
     for step in range(start_step, num_steps):
       local = exp.dataset.train_batch(step, config.batch_size, jax.process_index(), jax.process_count())
       state, sums = exp.steps.train_step(state, parallel.global_batch(exp.mesh, local, exp.steps.batch_sharding))
       pending.append(sums)
       done = step + 1
-      if steady_start is None and done - start_step == 1:
-        jax.block_until_ready(sums)  # exclude compilation from the throughput figure
+      if steady_start is None:
+        jax.block_until_ready(sums)  # the first step compiles: throughput figures start after it
         steady_start, steady_steps = time.time(), done
+        window_start, window_step, window_excluded = steady_start, done, 0.0
       if done % config.log_every_steps == 0 or done == num_steps:
         host = jax.device_get(pending)  # one sync per log interval, not per step
         totals = {k: sum(float(h[k]) for h in host) for k in host[0]}
@@ -244,31 +301,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               f'(step {checkpointer.latest_step()}) is kept; lower config.optimizer.learning_rate or set '
               f'config.optimizer.grad_clip_norm')
         now = time.time()
-        metrics['train/steps_per_second'] = (done - window_step) / max(now - window_start, 1e-9)
-        window_start, window_step = now, done
+        if done > window_step:
+          metrics['train/steps_per_second'] = (done - window_step) / max(now - window_start - window_excluded, 1e-9)
+        window_start, window_step, window_excluded = now, done, 0.0
         pending = []
         if done % config.eval_every_steps == 0 or done == num_steps:
           metrics.update(evaluate_split(exp, state, 'validation', 'eval'))
         log.write(done, metrics)
+        spent = time.time() - now
+        excluded, window_excluded = excluded + spent, window_excluded + spent
       log.advance(1)
-      checkpointer.save(done, state, force=(done == num_steps))
+      if done == num_steps or checkpointer.manager.should_save(done):
+        t = time.time()
+        # Never write a non-finite state: a run that diverged between log steps stops here instead.
+        if not bool(all_finite((state.params, state.model_state, state.opt_state))):
+          raise TrainingDiverged(
+              f'training diverged before step {done}: the parameters or optimizer state hold NaN or inf, so '
+              f'step {done} was not saved. The last complete checkpoint (step {checkpointer.latest_step()}) is '
+              f'kept; lower config.optimizer.learning_rate or set config.optimizer.grad_clip_norm')
+        checkpointer.save(done, state, force=(done == num_steps))
+        spent = time.time() - t
+        excluded, window_excluded = excluded + spent, window_excluded + spent
+    end_time = time.time()
     checkpointer.wait()
-    steady = None
-    if steady_start is not None and num_steps > steady_steps:
-      steady = (num_steps - steady_steps) / max(time.time() - steady_start, 1e-9)
+    loop_time = time.time() - loop_start
     final_eval = evaluate_split(exp, state, 'validation', 'eval')
     final_test = evaluate_split(exp, state, 'test', 'test')
   finally:
     log.close()
     checkpointer.close()
+  steady = None
+  if steady_start is not None and num_steps > steady_steps:
+    steady = (num_steps - steady_steps) / max(end_time - steady_start - excluded, 1e-9)
+  trained = num_steps - start_step
   summary = {
       **final_eval, **final_test,
-      'steps': num_steps,
+      'steps': max(num_steps, start_step),
       'resumed_from_step': start_step,
       'num_params': count_params(state.params),
       'wall_time_s': time.time() - t0,
       'train_steps_per_second': steady,
       'train_examples_per_second': steady * config.batch_size if steady else None,
+      'loop_steps_per_second': trained / loop_time if trained > 0 else None,
       'devices': jax.device_count(),
       'platform': jax.devices()[0].platform,
       'mesh': dict(exp.mesh.shape),
