@@ -13,10 +13,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-_V2 = {'BOOL': np.bool_, 'UINT8': np.uint8, 'UINT16': np.uint16, 'UINT32': np.uint32, 'UINT64': np.uint64,
-       'INT8': np.int8, 'INT16': np.int16, 'INT32': np.int32, 'INT64': np.int64, 'FP16': np.float16,
-       'FP32': np.float32, 'FP64': np.float64}
-_V2_NAME = {np.dtype(v): k for k, v in _V2.items()}
+from maasjax.serve.v2types import numpy_dtype, v2_datatype
+
 
 
 class ServerError(RuntimeError):
@@ -68,7 +66,7 @@ class Client:
     for name, x in inputs.items():
       x = np.ascontiguousarray(x)
       blob = x.astype(x.dtype.newbyteorder('<'), copy=False).tobytes()
-      specs.append({'name': name, 'shape': list(x.shape), 'datatype': _V2_NAME[x.dtype],
+      specs.append({'name': name, 'shape': list(x.shape), 'datatype': v2_datatype(x.dtype),
                     'parameters': {'binary_data_size': len(blob)}})
       blobs.append(blob)
     req = {'inputs': specs, 'parameters': {'binary_data_output': True}}
@@ -82,7 +80,7 @@ class Client:
     resp = json.loads(r.content[:n])
     result, offset = {}, n
     for out in resp['outputs']:
-      dtype = np.dtype(_V2[out['datatype']]).newbyteorder('<')
+      dtype = numpy_dtype(out['datatype']).newbyteorder('<')
       if 'data' in out:
         result[out['name']] = np.asarray(out['data'], dtype).reshape(out['shape'])
       else:

@@ -12,18 +12,12 @@ from typing import Any, Callable
 import numpy as np
 
 from maasjax.export import layout
-
-
-@dataclasses.dataclass(frozen=True)
-class InputSpec:
-  shape: tuple[int | None, ...]  # None: any size; axis 0 is the batch
-  dtype: np.dtype
-  finite: bool = False
+from maasjax.spec import TensorSpec
 
 
 @dataclasses.dataclass
 class ServableSignature:
-  inputs: dict[str, InputSpec]
+  inputs: dict[str, TensorSpec]  # shape None: any size; axis 0 is the batch
   outputs: dict[str, tuple[tuple[int | None, ...], np.dtype]]
   batchable: bool = True
 
@@ -53,6 +47,15 @@ def _meta_signature(meta: dict | None, name: str) -> dict:
   return ((meta or {}).get('signatures') or {}).get(name, {})
 
 
+def _input_spec(tf_spec, recorded: dict | None) -> TensorSpec:
+  """The SavedModel's shape and dtype, with what a request may hold (finite, low, high) from the metadata."""
+  shape, dtype = tuple(tf_spec.shape.as_list()), np.dtype(tf_spec.dtype.as_numpy_dtype).name
+  if not recorded:
+    return TensorSpec(shape, dtype)
+  r = TensorSpec.from_dict(recorded)
+  return TensorSpec(shape, dtype, r.finite, r.low, r.high)
+
+
 def load_savedmodel(path: str, name: str, version: int) -> LoadedModel:
   import tensorflow as tf
   if not os.path.exists(os.path.join(path, 'saved_model.pb')):
@@ -63,8 +66,7 @@ def load_savedmodel(path: str, name: str, version: int) -> LoadedModel:
   for sig_name, fn in loaded.signatures.items():
     _, kw = fn.structured_input_signature
     extra = _meta_signature(meta, sig_name)
-    inputs = {k: InputSpec(tuple(spec.shape.as_list()), np.dtype(spec.dtype.as_numpy_dtype),
-                           bool(extra.get('inputs', {}).get(k, {}).get('finite', False))) for k, spec in kw.items()}
+    inputs = {k: _input_spec(spec, extra.get('inputs', {}).get(k)) for k, spec in kw.items()}
     order = list(extra.get('outputs', {}))  # the exporter's order (logits, probabilities, ...), not TF's
     outputs = {k: (tuple(spec.shape.as_list()), np.dtype(spec.dtype.as_numpy_dtype)) for k, spec in
                sorted(fn.structured_outputs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))}
@@ -95,7 +97,7 @@ def load_jax(path: str, name: str, version: int) -> LoadedModel:
   jax_sigs = signatures_for(exp.task, exp.model)
   fns, sigs = {}, {}
   for sig_name, sig in jax_sigs.items():
-    inputs = {k: InputSpec(tuple(s.shape), np.dtype(s.dtype), s.finite) for k, s in sig.inputs.items()}
+    inputs = dict(sig.inputs)
     outputs = {k: (tuple(None if d < 0 else d for d in o['shape']), np.dtype(o['dtype']))
                for k, o in _meta_signature(meta, sig_name).get('outputs', {}).items()}
     sigs[sig_name] = ServableSignature(inputs, outputs, sig.batchable)

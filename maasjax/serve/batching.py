@@ -20,21 +20,23 @@ from maasjax.serve.errors import ServeError
 Arrays = dict[str, np.ndarray]
 
 
+def powers_of_two(limit: int) -> tuple[int, ...]:
+  """1, 2, 4, ... up to and including `limit` (which need not be a power of 2)."""
+  sizes, b = [], 1
+  while b < limit:
+    sizes.append(b)
+    b *= 2
+  return tuple(sizes) + (limit,)
+
+
 def bucket_sizes(max_batch_size: int, text: str | None = None) -> tuple[int, ...]:
   """Explicit sizes, or powers of 2 up to max_batch_size (1, 2, 4, 8, ..., max).
 
   Powers of 2 waste at most half a call on padding (with 16 clients over 2 workers a batch of 5-8
   rows would otherwise pay for 16); each size is one more warm-up call at load time.
   """
-  if text:
-    sizes = sorted({int(s) for s in text.split(',') if s.strip()})
-  else:
-    sizes, b = [], 1
-    while b < max_batch_size:
-      sizes.append(b)
-      b *= 2
-  sizes = sorted({s for s in sizes if 0 < s < max_batch_size} | {max_batch_size})
-  return tuple(sizes)
+  sizes = {int(s) for s in text.split(',') if s.strip()} if text else set(powers_of_two(max_batch_size))
+  return tuple(sorted({s for s in sizes if 0 < s < max_batch_size} | {max_batch_size}))
 
 
 def pad_rows(arrays: list[Arrays], size: int) -> Arrays:

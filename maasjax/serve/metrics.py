@@ -9,6 +9,8 @@ import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from maasjax.serve.batching import powers_of_two
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -23,12 +25,8 @@ class ServerMetrics:
                           ['code'], registry=r)
     self.latency = Histogram('maasjax_request_latency_seconds', 'Request latency, body read to response',
                              ['model', 'api'], buckets=LATENCY_BUCKETS, registry=r)
-    sizes, b = [], 1
-    while b < max_batch_size:
-      sizes.append(b)
-      b *= 2
     self.batch_size = Histogram('maasjax_batch_size', 'Rows per model call (before padding to a bucket)',
-                                ['model'], buckets=tuple(sizes) + (max_batch_size,), registry=r)
+                                ['model'], buckets=powers_of_two(max_batch_size), registry=r)
     self.queue = Gauge('maasjax_queue_rows', 'Rows waiting or running, per model (summed over workers)', ['model'],
                        registry=r, multiprocess_mode='livesum')
     self.model_events = Counter('maasjax_model_events', 'Model version loads, load failures and unloads '
