@@ -1,7 +1,7 @@
 """Request bodies -> checked numpy inputs, and outputs -> response bodies, for REST v1 and OIP v2.
 
-Every input is checked against the signature (names, dtype, shape, finiteness) before it reaches
-a model; each refusal is a 400 that names the tensor and what was expected.
+Every input is checked against the signature (names, dtype, shape, finiteness, range) before it
+reaches a model; each refusal is a 400 that names the tensor and what was expected.
 """
 from __future__ import annotations
 
@@ -10,21 +10,15 @@ from typing import Any
 import numpy as np
 import orjson
 
-from maasjax.serve.backends import InputSpec, ServableSignature
+from maasjax.serve.backends import ServableSignature
 from maasjax.serve.errors import ServeError
+from maasjax.serve.v2types import v2_datatype
+from maasjax.spec import TensorSpec
 
-V2_DATATYPES = {'BOOL': np.bool_, 'UINT8': np.uint8, 'UINT16': np.uint16, 'UINT32': np.uint32, 'UINT64': np.uint64,
-                'INT8': np.int8, 'INT16': np.int16, 'INT32': np.int32, 'INT64': np.int64, 'FP16': np.float16,
-                'FP32': np.float32, 'FP64': np.float64}
-_V2_NAMES = {np.dtype(v): k for k, v in V2_DATATYPES.items()}
 TF_DTYPES = {'bool': 'DT_BOOL', 'uint8': 'DT_UINT8', 'uint16': 'DT_UINT16', 'uint32': 'DT_UINT32', 'uint64': 'DT_UINT64',
              'int8': 'DT_INT8', 'int16': 'DT_INT16', 'int32': 'DT_INT32', 'int64': 'DT_INT64', 'float16': 'DT_HALF',
              'float32': 'DT_FLOAT', 'float64': 'DT_DOUBLE'}
 _DUMPS = orjson.OPT_SERIALIZE_NUMPY
-
-
-def v2_datatype(dtype: np.dtype) -> str:
-  return _V2_NAMES.get(np.dtype(dtype), 'BYTES')
 
 
 def shape_text(shape) -> str:
@@ -42,7 +36,7 @@ def dumps(obj: Any) -> bytes:
   return orjson.dumps(obj, option=_DUMPS)
 
 
-def to_array(name: str, value: Any, spec: InputSpec) -> np.ndarray:
+def to_array(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
   """A JSON value -> an array of the spec's dtype (integers range-checked), or a 400 naming `name`."""
   try:
     arr = np.asarray(value)
@@ -51,7 +45,7 @@ def to_array(name: str, value: Any, spec: InputSpec) -> np.ndarray:
   if arr.dtype == object or arr.dtype.kind in 'SUV':
     raise ServeError(400, f'input {name!r}: expected a nested list of numbers of shape {shape_text(spec.shape)} '
                           f'and dtype {spec.dtype}; got ragged or non-numeric values')
-  want = spec.dtype
+  want = spec.np_dtype
   if arr.dtype != want:
     kind = arr.dtype.kind
     if want.kind in 'iu':
@@ -68,7 +62,7 @@ def to_array(name: str, value: Any, spec: InputSpec) -> np.ndarray:
   return arr
 
 
-def check_tensor(name: str, arr: np.ndarray, spec: InputSpec) -> np.ndarray:
+def check_tensor(name: str, arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
   """Checks an array's shape (and finiteness) against the spec; a 400 naming `name` if wrong."""
   if arr.ndim != len(spec.shape) or any(d is not None and d != a for d, a in zip(spec.shape, arr.shape)):
     raise ServeError(400, f'input {name!r}: shape {list(arr.shape)} does not match the expected '
@@ -77,15 +71,41 @@ def check_tensor(name: str, arr: np.ndarray, spec: InputSpec) -> np.ndarray:
     raise ServeError(400, f'input {name!r}: the batch is empty; send at least one example')
   if spec.finite and not np.isfinite(arr).all():
     raise ServeError(400, f'input {name!r}: contains NaN or infinity; expected finite values')
+  if (spec.low is not None or spec.high is not None) and arr.size:
+    low, high = arr.min(), arr.max()
+    if (spec.low is not None and low < spec.low) or (spec.high is not None and high > spec.high):
+      bad = low if spec.low is not None and low < spec.low else high
+      raise ServeError(400, f'input {name!r}: value {_number(bad)} is outside the allowed range '
+                            f'{range_text(spec)}')
   return arr
 
 
+def _number(x) -> str:
+  x = float(x)
+  return str(int(x)) if x.is_integer() else f'{x:g}'
+
+
+def range_text(spec: TensorSpec) -> str:
+  """'[0, 69]', '>= 0' or '<= 1': the values a request may hold."""
+  if spec.low is not None and spec.high is not None:
+    return f'[{_number(spec.low)}, {_number(spec.high)}]'
+  return f'>= {_number(spec.low)}' if spec.low is not None else f'<= {_number(spec.high)}'
+
+
+def unknown_input(names, sig: ServableSignature) -> ServeError:
+  """One message for a wrong input name, whichever API or format the request used."""
+  names = sorted(names)
+  what = f'input {names[0]!r}' if len(names) == 1 else f'inputs {", ".join(map(repr, names))}'
+  return ServeError(400, f'unknown {what}; this signature takes {sorted(sig.inputs)}')
+
+
 def check_names(got, sig: ServableSignature, where: str) -> None:
+  unknown = set(got) - set(sig.inputs)
+  if unknown:
+    raise unknown_input(unknown, sig)
   missing = sorted(set(sig.inputs) - set(got))
-  unknown = sorted(set(got) - set(sig.inputs))
-  if missing or unknown:
-    parts = ([f'missing input(s) {missing}'] if missing else []) + ([f'unknown input(s) {unknown}'] if unknown else [])
-    raise ServeError(400, f'{where}: {"; ".join(parts)}; this signature takes {sorted(sig.inputs)}')
+  if missing:
+    raise ServeError(400, f'{where}: missing input(s) {missing}; this signature takes {sorted(sig.inputs)}')
 
 
 def batch_rows(inputs: dict[str, np.ndarray], sig: ServableSignature) -> int:
@@ -108,7 +128,7 @@ def v1_inputs(body: dict, sig: ServableSignature) -> tuple[dict[str, np.ndarray]
     rows = body['instances']
     if not isinstance(rows, list) or not rows:
       raise ServeError(400, '"instances" must be a non-empty list, one entry per example')
-    if len(names) == 1 and not all(isinstance(r, dict) for r in rows):
+    if len(names) == 1 and not any(isinstance(r, dict) for r in rows):
       columns = {names[0]: rows}
     else:
       for i, r in enumerate(rows):
@@ -119,7 +139,7 @@ def v1_inputs(body: dict, sig: ServableSignature) -> tuple[dict[str, np.ndarray]
     row_format = True
   else:
     value = body['inputs']
-    if len(names) == 1 and not (isinstance(value, dict) and set(value) == {names[0]}):
+    if len(names) == 1 and not isinstance(value, dict):  # a bare tensor; an object names its inputs
       columns = {names[0]: value}
     else:
       if not isinstance(value, dict):
@@ -176,23 +196,24 @@ def v2_inputs(req: dict, binary: memoryview, sig: ServableSignature) -> dict[str
       raise ServeError(400, f'"inputs"[{i}] must be an object with "name", "shape", "datatype" and "data"')
     name = t['name']
     if name not in sig.inputs:
-      raise ServeError(400, f'unknown input {name!r}; this signature takes {sorted(sig.inputs)}')
+      raise unknown_input([name], sig)
     if name in arrays:
       raise ServeError(400, f'input {name!r} appears twice')
     spec = sig.inputs[name]
     shape, datatype = t.get('shape'), t.get('datatype')
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
       raise ServeError(400, f'input {name!r}: "shape" must be a list of non-negative integers')
-    want = v2_datatype(spec.dtype)
+    want = v2_datatype(spec.np_dtype)
     if datatype != want:
       raise ServeError(400, f'input {name!r}: datatype {datatype!r} does not match the model\'s {want}')
     count = int(np.prod(shape)) if shape else 1
     size = (t.get('parameters') or {}).get('binary_data_size')
     if size is not None:
-      if not isinstance(size, int) or size != count * spec.dtype.itemsize or offset + size > len(binary):
-        raise ServeError(400, f'input {name!r}: binary_data_size {size!r} must equal {count} x {spec.dtype.itemsize} '
+      itemsize = spec.np_dtype.itemsize
+      if not isinstance(size, int) or size != count * itemsize or offset + size > len(binary):
+        raise ServeError(400, f'input {name!r}: binary_data_size {size!r} must equal {count} x {itemsize} '
                               f'bytes for shape {shape} {datatype}, within the {len(binary) - offset} binary bytes left')
-      flat = np.frombuffer(binary[offset:offset + size], dtype=spec.dtype.newbyteorder('<'))
+      flat = np.frombuffer(binary[offset:offset + size], dtype=spec.np_dtype.newbyteorder('<'))
       offset += size
     else:
       if 'data' not in t:
