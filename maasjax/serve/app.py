@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,10 +26,11 @@ from maasjax.serve.batching import Runner
 from maasjax.serve.errors import ServeError
 from maasjax.serve.metrics import ServerMetrics
 from maasjax.serve.repository import Repository
+from maasjax.spec import SERVING_DEFAULT
 
 log = logging.getLogger('maasjax.serve')
+request_log = logging.getLogger('maasjax.serve.requests')  # one JSON line per request, at debug level
 JSON = 'application/json'
-SERVING_DEFAULT = 'serving_default'
 
 
 @dataclasses.dataclass
@@ -44,8 +46,16 @@ class ServeSettings:
   api_keys: ApiKeys | None = None
 
 
-def _error(status: int, message: str) -> Response:
-  return Response(codec.dumps({'error': message}), status_code=status, media_type=JSON)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+  return Response(codec.dumps({'error': message}), status_code=status, media_type=JSON, headers=headers)
+
+
+def _wrong_method(request: Request) -> ServeError:
+  """A GET of `/v1/models/NAME[/versions/V]:predict` (a model name never holds ':'): 405, not 'no model NAME:predict'."""
+  method = request.url.path.rsplit(':', 1)[1]
+  if method != 'predict':
+    return ServeError(400, f'method {method!r} is not supported; use :predict')
+  return ServeError(405, f'{request.method} {request.url.path}: :predict takes POST', {'Allow': 'POST'})
 
 
 def _version(text: str | None) -> int | None:
@@ -73,6 +83,32 @@ async def _read_body(request: Request, limit: int) -> bytes:
   return b''.join(chunks)
 
 
+class _RequestLog:
+  """ASGI middleware, installed only at debug level: one JSON line per HTTP request (any route)."""
+
+  def __init__(self, app):
+    self.app = app
+    self.pid = os.getpid()
+
+  async def __call__(self, scope, receive, send):
+    if scope['type'] != 'http':
+      return await self.app(scope, receive, send)
+    t0, code = time.perf_counter(), [500]
+
+    async def send_and_note(message):
+      if message['type'] == 'http.response.start':
+        code[0] = message['status']
+      await send(message)
+    try:
+      await self.app(scope, receive, send_and_note)
+    finally:
+      client = scope.get('client')
+      request_log.debug(codec.dumps({
+          'ts': round(time.time(), 6), 'pid': self.pid, 'method': scope['method'], 'path': scope['path'],
+          'code': code[0], 'latency_ms': round((time.perf_counter() - t0) * 1e3, 3),
+          'client': client[0] if client else None}).decode())
+
+
 def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics) -> FastAPI:
   executor = ThreadPoolExecutor(settings.model_threads, thread_name_prefix='maasjax-model')
   state = {'loop': None}
@@ -88,8 +124,9 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
   @contextlib.asynccontextmanager
   async def lifespan(app):
     state['loop'] = asyncio.get_running_loop()
-    await state['loop'].run_in_executor(None, repo.poll)  # serve only after the first load and warm-up
-    repo.start_watching(settings.poll_seconds)
+    # The port opens at once: versions found are LOADING (v1 status, v2 ready 503) until loaded and warmed.
+    repo.mark_loading()
+    repo.start_watching(settings.poll_seconds, poll_first=True)
     yield
     repo.stop()
     executor.shutdown(wait=True)
@@ -100,13 +137,18 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
                 docs_url=None, redoc_url=None, openapi_url=None,
                 telemetry={'tracing': False, 'metrics': False, 'logs': False, 'operation_spans': False})
 
+  if request_log.isEnabledFor(logging.DEBUG):
+    app.add_middleware(_RequestLog)
+
   @app.exception_handler(ServeError)
   async def serve_error(request, e: ServeError):
-    return _error(e.status, e.message)
+    return _error(e.status, e.message, e.headers)
 
   @app.exception_handler(StarletteHTTPException)
   async def http_error(request, e: StarletteHTTPException):
-    return _error(e.status_code, f'{request.method} {request.url.path}: {e.detail}')
+    allow = (e.headers or {}).get('Allow')
+    hint = f'; use {allow}' if e.status_code == 405 and allow else ''
+    return _error(e.status_code, f'{request.method} {request.url.path}: {e.detail}{hint}', e.headers)
 
   def authorize(request: Request, name: str) -> None:
     if settings.api_keys is not None:
@@ -142,7 +184,7 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
       model = repo.get(name, _version(version))
       response = await work(model, body, request)
     except ServeError as e:
-      response = _error(e.status, e.message)
+      response = _error(e.status, e.message, e.headers)
     except Exception as e:  # noqa: BLE001 - a model failure is the server's 500, with the reason
       log.exception('model %s failed', name)
       response = _error(500, f'model {name!r} failed: {type(e).__name__}: {str(e)[:300]}')
@@ -157,10 +199,6 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
     children[1].observe(elapsed)
     if code != 200:
       metrics.errors.labels(str(code)).inc()
-    if log.isEnabledFor(logging.DEBUG):
-      log.debug(codec.dumps({'api': api, 'model': name, 'version': version, 'code': code,
-                             'latency_ms': round(elapsed * 1e3, 3), 'client': request.client.host if request.client else None
-                             }).decode())
     return response
 
   def both_versions(api: str, suffix: str, fn, method: str = 'GET') -> None:
@@ -208,6 +246,8 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
     raise ServeError(400, f'method {method!r} is not supported; use :predict')
 
   def v1_status(name: str, version: str | None, request: Request) -> Response:
+    if ':' in name or ':' in (version or ''):
+      raise _wrong_method(request)
     authorize(request, name)
     v = _version(version)
     if name not in repo.status:
@@ -230,9 +270,18 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
     return Response(codec.dumps({
         'model_spec': {'name': name, 'signature_name': '', 'version': str(model.version)},
         'metadata': {'signature_def': {'signature_def': {
-            k: codec.v1_signature_def(s) for k, s in model.signatures.items()}}}}), media_type=JSON)
+            k: codec.v1_signature_def(s) for k, s in model.signatures.items()}}, **client_metadata(model)}}),
+        media_type=JSON)
 
   both_versions('v1', '/metadata', v1_metadata)
+
+  def client_metadata(model: LoadedModel) -> dict:
+    """What a REST client needs beyond tensor shapes: the vocabulary of a text model, and label names."""
+    meta = model.metadata
+    out = {k: meta[k] for k in ('tokenizer',) if meta.get(k)}
+    if meta.get('label_names'):
+      out['label_names'] = meta['label_names']
+    return out
 
   # --- Open Inference Protocol v2 -------------------------------------------------------------
   @app.get('/v2')
@@ -253,12 +302,14 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
     authorize(request, name)
     model = repo.get(name, _version(version))
     sig = model.signatures.get(SERVING_DEFAULT) or next(iter(model.signatures.values()))
-    return Response(codec.dumps({
-        'name': name, 'versions': [str(v) for v in sorted(repo.served.get(name, {}))],
-        'platform': model.platform,
-        'inputs': [codec.v2_tensor_metadata(k, s.shape, s.dtype) for k, s in sig.inputs.items()],
-        'outputs': [codec.v2_tensor_metadata(k, shape, dtype) for k, (shape, dtype) in sig.outputs.items()]}),
-        media_type=JSON)
+    body = {'name': name, 'versions': [str(v) for v in sorted(repo.served.get(name, {}))],
+            'platform': model.platform,
+            'inputs': [codec.v2_tensor_metadata(k, s.shape, s.dtype) for k, s in sig.inputs.items()],
+            'outputs': [codec.v2_tensor_metadata(k, shape, dtype) for k, (shape, dtype) in sig.outputs.items()]}
+    parameters = client_metadata(model)
+    if parameters:
+      body['parameters'] = parameters
+    return Response(codec.dumps(body), media_type=JSON)
 
   both_versions('v2', '', v2_metadata)
 

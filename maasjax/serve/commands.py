@@ -25,7 +25,7 @@ def add_args(p):
                  help='server processes sharing the port, each with its own copy of the models (default 1; '
                       'one per core lets HTTP handling use every core)')
   p.add_argument('--log-level', default='info', choices=('debug', 'info', 'warning', 'error'),
-                 help='debug adds one structured line per request')
+                 help='debug adds one JSON line per request (method, path, code, latency, pid) on stderr')
 
 
 def settings_from_args(args):
@@ -53,13 +53,18 @@ def settings_from_args(args):
 
 
 def run(args, overrides):
-  from maasjax.export.layout import list_models
-  from maasjax.serve.repository import VersionPolicy
+  import sys
+  from maasjax.serve.repository import VersionPolicy, check_base_path
   from maasjax.serve.server import serve
   settings = settings_from_args(args)
   policy = VersionPolicy.parse(args.version_policy)
-  list_models(args.model_base_path)
-  print(f'maasjax serve: {args.model_base_path} on http://{args.host}:{args.port} '
-        f'(REST v1 /v1/models/NAME:predict, v2 /v2/models/NAME/infer, metrics /metrics)', flush=True)
+  warning = check_base_path(args.model_base_path)
+  if warning:
+    print(f'maasjax serve: warning: {warning}', file=sys.stderr, flush=True)
+
+  def announce(port):  # after the port is bound, before any model loads
+    print(f'maasjax serve: {args.model_base_path} on http://{args.host}:{port} '
+          f'(REST v1 /v1/models/NAME:predict, v2 /v2/models/NAME/infer, metrics /metrics); '
+          'models load in the background (v1 status LOADING, v2 ready 503 until loaded)', flush=True)
   serve(args.model_base_path, settings, args.host, args.port, policy, args.backend, args.log_level,
-        workers=args.workers, api_keys_path=args.api_keys)
+        workers=args.workers, api_keys_path=args.api_keys, on_listening=announce)

@@ -2,7 +2,8 @@
 
 
 class ServeError(Exception):
-  def __init__(self, status: int, message: str):
+  def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
     super().__init__(message)
     self.status = status
     self.message = message
+    self.headers = headers  # e.g. Allow on a 405

@@ -52,6 +52,37 @@ class VersionPolicy:
     return [v for v in on_disk if v not in failed][-self.num_latest:]
 
 
+LAYOUT = 'BASE/NAME/VERSION/saved_model.pb (maasjax export --out BASE --model-name NAME writes it)'
+
+
+def check_base_path(base_path: str) -> str | None:
+  """A ConfigError if the base path is clearly not one (a model's own folder, a SavedModel); a warning
+  text if it holds no model version yet (the server starts and picks versions up as they appear)."""
+  names = layout.list_models(base_path)  # a ConfigError if it is not a directory
+  parent = os.path.dirname(os.path.abspath(base_path.rstrip(os.sep) or os.sep))
+  if os.path.exists(os.path.join(base_path, 'saved_model.pb')):
+    raise ConfigError(f'--model-base-path {base_path} is one SavedModel version; expected {LAYOUT}: pass the '
+                      f'folder above its model folder, {os.path.dirname(parent)}')
+  digits = sorted(int(d) for d in names if d.isdigit())
+  if digits:
+    raise ConfigError(f'--model-base-path {base_path} holds version folders {", ".join(map(str, digits[:5]))} '
+                      f'directly: it is one model\'s folder; expected {LAYOUT}: pass its parent, {parent}')
+  versions = {n: layout.list_versions(os.path.join(base_path, n)) for n in names}
+  if any(versions.values()):
+    return None
+  if not names:
+    found = 'it is empty'
+  else:
+    workdirs = [n for n in names if os.path.exists(os.path.join(base_path, n, 'config.json'))]
+    found = (f'{len(names)} folder(s) ({", ".join(names[:5])}{", ..." if len(names) > 5 else ""}) '
+             'without integer version folders')
+    if workdirs:
+      found += ('; they look like training workdirs: export one with maasjax export --workdir '
+                f'{os.path.join(base_path, workdirs[0])} --out BASE')
+  return (f'no model versions under {base_path}: {found}; expected {LAYOUT}. Serving 0 models until a '
+          'version appears there.')
+
+
 @dataclasses.dataclass
 class VersionStatus:
   state: str  # LOADING, AVAILABLE, END (unloaded or failed), as TF Serving reports them
@@ -119,6 +150,17 @@ class Repository:
     return self.initial_load_done and bool(self.served)
 
   # --- loading (watcher thread) ---------------------------------------------------------------
+  def mark_loading(self) -> None:
+    """Marks LOADING every version the policy will load (a directory scan, no loading): the server can
+    answer at once with each model's state, as TF Serving does, while the watcher loads them."""
+    with self._lock:
+      for name in layout.list_models(self.base_path):
+        status = self.status.setdefault(name, {})
+        served = self.served.get(name, {})
+        for v in self.policy.wanted(layout.list_versions(os.path.join(self.base_path, name)), set()):
+          if v not in served and v not in status:
+            status[v] = VersionStatus('LOADING')
+
   def poll(self) -> None:
     """One scan of the base path: load what the policy wants and is new, unload what it no longer wants."""
     with self._lock:
@@ -188,13 +230,18 @@ class Repository:
       new.pop(name, None)
     self.served = new  # one assignment: a reader sees the old map or the new one
 
-  def start_watching(self, interval_s: float) -> None:
+  def start_watching(self, interval_s: float, poll_first: bool = False) -> None:
+    """Polls every `interval_s` in a thread (the first time at once with `poll_first`)."""
     def watch():
-      while not self._stop.wait(interval_s):
+      wait = 0.0 if poll_first else interval_s
+      while not self._stop.wait(wait):
+        wait = interval_s
         try:
           self.poll()
         except Exception:  # noqa: BLE001 - keep watching; the next poll may succeed
           log.exception('polling %s failed', self.base_path)
+        finally:
+          self.initial_load_done = True  # ready reflects what loaded, even if the first scan failed
     self._thread = threading.Thread(target=watch, name='maasjax-model-watcher', daemon=True)
     self._thread.start()
 

@@ -10,12 +10,14 @@ multiprocess mode: /metrics on any worker reports the sum over all of them.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 
 import uvicorn
@@ -49,16 +51,30 @@ class _Server(uvicorn.Server):
       signal.signal(signal.SIGTERM, previous)
 
 
+def _listen_error(host: str, port: int, e: OSError) -> ConfigError:
+  hint = '; another server holds it: stop it or choose another --port' if e.errno == errno.EADDRINUSE else ''
+  return ConfigError(f'cannot listen on {host}:{port}: {e.strerror}{hint}')
+
+
 def _reuseport_sockets(host: str, port: int, n: int, backlog: int) -> list[socket.socket]:
-  """`n` listening sockets on one address, each its own accept queue (SO_REUSEPORT)."""
-  family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+  """`n` listening sockets on one address, each its own accept queue (SO_REUSEPORT); bound before any
+  model loads, so a port in use is reported at once. n == 1: a plain socket (the port is ours alone)."""
+  try:
+    family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+  except socket.gaierror as e:
+    raise ConfigError(f'--host {host!r}: {e.strerror}') from None
   sockets = []
   try:
+    if n > 1 and port:  # SO_REUSEPORT would share a port another such server holds: try it alone first
+      with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(addr)
     for _ in range(n):
       sock = socket.socket(family, socket.SOCK_STREAM)
       sockets.append(sock)
       sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-      sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+      if n > 1:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
       sock.bind(addr)
       addr = sock.getsockname()  # port 0: the others join the port the first one got
       sock.listen(backlog)
@@ -66,16 +82,30 @@ def _reuseport_sockets(host: str, port: int, n: int, backlog: int) -> list[socke
   except OSError as e:
     for sock in sockets:
       sock.close()
-    raise ConfigError(f'cannot listen on {host}:{port}: {e.strerror}') from None
+    raise _listen_error(host, port, e) from None
   return sockets
+
+
+def configure_logging(log_level: str, worker: bool = False) -> None:
+  """maasjax's loggers at `log_level`; other libraries stay at INFO (their debug output is not ours).
+  At debug, each request is one JSON line on stderr (maasjax.serve.requests, no prefix)."""
+  level = getattr(logging, log_level.upper())
+  pid = '[%(process)d]' if worker else ''
+  logging.basicConfig(level=max(level, logging.INFO), format=f'%(asctime)s %(name)s{pid} %(levelname)s %(message)s')
+  logging.getLogger('maasjax').setLevel(level)
+  requests = logging.getLogger('maasjax.serve.requests')
+  if level <= logging.DEBUG and not requests.handlers:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter('%(message)s'))
+    requests.addHandler(handler)
+    requests.propagate = False
 
 
 def worker_app():
   """The app of one worker process, built from the spec its supervisor left in the environment."""
   from maasjax.serve.auth import ApiKeys
   spec = json.loads(os.environ[SPEC_ENV])
-  logging.basicConfig(level=getattr(logging, spec['log_level'].upper()),
-                      format='%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s')
+  configure_logging(spec['log_level'], worker=True)
   settings = dict(spec['settings'], buckets=tuple(spec['settings']['buckets']),
                   api_keys=ApiKeys.load(spec['api_keys_path']))
   policy = VersionPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec['policy'].items()})
@@ -85,15 +115,21 @@ def worker_app():
 
 def serve(base_path: str, settings: ServeSettings, host: str = '127.0.0.1', port: int = 8501,
           policy: VersionPolicy = VersionPolicy(), backend: str = 'savedmodel', log_level: str = 'info',
-          graceful_timeout_s: float = 30.0, workers: int = 1, api_keys_path: str | None = None) -> None:
+          graceful_timeout_s: float = 30.0, workers: int = 1, api_keys_path: str | None = None,
+          on_listening=None) -> None:
   """Serves until SIGTERM or Ctrl-C. With `workers > 1`, `api_keys_path` (or $MAASJAX_API_KEYS) is
-  re-read by each worker, which must find the same keys as `settings.api_keys`."""
-  logging.basicConfig(level=getattr(logging, log_level.upper()), format='%(asctime)s %(name)s %(levelname)s %(message)s')
+  re-read by each worker, which must find the same keys as `settings.api_keys`. The port is bound
+  first (a ConfigError at once if it is taken), then `on_listening(port)` runs, then models load
+  in the background while the server answers."""
+  configure_logging(log_level)
   common = dict(host=host, port=port, loop='uvloop', http='httptools', lifespan='on', access_log=False,
                 log_level=log_level, timeout_graceful_shutdown=graceful_timeout_s, backlog=2048)
   if workers <= 1:
+    sockets = _reuseport_sockets(host, port, 1, common['backlog'])
+    if on_listening:
+      on_listening(sockets[0].getsockname()[1])
     app, _ = build(base_path, settings, policy, backend)
-    _Server(uvicorn.Config(app, **common)).run()
+    _Server(uvicorn.Config(app, **common)).run(sockets=sockets)
     return
   from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
@@ -115,6 +151,8 @@ def serve(base_path: str, settings: ServeSettings, host: str = '127.0.0.1', port
     config = uvicorn.Config('maasjax.serve.server:worker_app', factory=True, workers=workers,
                             timeout_worker_healthcheck=60, **common)  # a worker loading TF is slow to answer pings
     sockets = _reuseport_sockets(host, port, workers, common['backlog'])
+    if on_listening:
+      on_listening(sockets[0].getsockname()[1])
     logging.getLogger('maasjax.serve').info('%d workers on http://%s:%d', workers, host, sockets[0].getsockname()[1])
     Supervisor(config, sockets=sockets).run()
   finally:
