@@ -31,6 +31,12 @@ CFG = os.path.join(ROOT, 'experiments', 'digits_mlp.py')
     (['eval', '--workdir', '{w}'], "workdir '{w}' does not exist"),
     (['eval', '--config', CFG, '--workdir', '{w}'], 'has no checkpoint to evaluate'),
     (['serve', '--model-base-path', '{w}', '--workers', '0'], '--workers 0: expected an integer >= 1'),
+    (['serve', '--model-base-path', '{w}', '--port', '99999'], '--port 99999: expected a TCP port between 1 and 65535'),
+    (['export', '--workdir', '{w}', '--model-name', 'x', '--parity-examples', '0'],
+     '--parity-examples 0: expected a positive number'),
+    (['export', '--workdir', '{w}', '--model-name', 'x', '--parity-examples', '-3'],
+     '--parity-examples -3: expected a positive number'),
+    (['generate', '--workdir', '{w}', '--prompt', 'a'], "workdir '{w}' does not exist"),
     (['serve', '--model-base-path', '{w}', '--max-batch-size', '0'], '--max-batch-size 0: expected an integer >= 1'),
     (['serve', '--model-base-path', '{w}', '--buckets', 'a,b'], "--buckets 'a,b': expected a comma list"),
     (['serve', '--model-base-path', '{w}', '--version-policy', 'newest'], "--version-policy 'newest': expected latest"),
@@ -57,9 +63,11 @@ def test_real_process_exit_code_and_train_then_eval(tmp_path):
                '--config.log_every_steps=30', '--config.eval_every_steps=30', '--config.checkpoint.every_steps=30')
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert 'summary: ' in ok.stdout and 'test/accuracy=' in ok.stdout
-  ev = run_cli('eval', '--config', CFG, '--workdir', str(tmp_path / 'w'), '--config.num_train_steps=60')
+  # eval needs the workdir alone (its config.json), and names the splits as summary.json does.
+  ev = run_cli('eval', '--workdir', str(tmp_path / 'w'))
   assert ev.returncode == 0, ev.stderr[-2000:]
   metrics = json.loads(ev.stdout[ev.stdout.index('{'):])
   summary = json.load(open(tmp_path / 'w' / 'summary.json'))
   assert metrics['step'] == 60
-  assert metrics['test/accuracy'] == pytest.approx(summary['test/accuracy'])
+  for key in ('eval/loss', 'eval/accuracy', 'test/loss', 'test/accuracy'):
+    assert metrics[key] == pytest.approx(summary[key])

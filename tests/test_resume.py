@@ -1,4 +1,8 @@
-"""Kill-and-resume: a run SIGKILLed part way and resumed ends bit-identical to one never stopped."""
+"""Kill-and-resume: a run SIGKILLed part way and resumed ends bit-identical to one never stopped.
+
+These run with JAX's default RNG mode (jax_threefry_partitionable true, what users run), not the classic
+mode the rest of the suite uses to compile faster (tests/conftest.py).
+"""
 import os
 import shutil
 import signal
@@ -6,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -24,9 +29,11 @@ def _config():
                            **{'checkpoint.every_steps': 40, 'checkpoint.keep': 2})
 
 
+USER_RNG = dict(os.environ, JAX_THREEFRY_PARTITIONABLE='true')
+
+
 def _leaves(workdir):
   _, state, step = restore_latest(_config(), workdir)
-  import jax
   return step, [np.asarray(x) for x in jax.tree.leaves((state.params, state.opt_state))]
 
 
@@ -38,11 +45,12 @@ def _saved_steps(workdir):
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
   reference = str(tmp_path / 'reference')
-  train_and_evaluate(_config(), reference)
+  with jax.threefry_partitionable(True):
+    train_and_evaluate(_config(), reference)
 
   killed = str(tmp_path / 'killed')
   cmd = [sys.executable, '-m', 'maasjax.cli', 'train', '--workdir', killed, *ARGS]
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=USER_RNG, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
   try:
     while time.time() < deadline and not any(s >= 120 for s in _saved_steps(killed)):
@@ -53,8 +61,9 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
   saved = _saved_steps(killed)
   assert saved and max(saved) < STEPS, f'the run was not killed part way: {saved}'
 
-  resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  resumed = subprocess.run(cmd, cwd=ROOT, env=USER_RNG, capture_output=True, text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f'resuming from the checkpoint at step {max(saved)} of {STEPS}' in resumed.stdout
   import json
   summary = json.load(open(os.path.join(killed, 'summary.json')))
   assert 0 < summary['resumed_from_step'] < STEPS
@@ -70,24 +79,43 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
   assert rows == list(range(20, STEPS + 1, 20))
 
 
-def test_half_written_checkpoint_is_never_restored(tmp_path):
-  """A save cut short leaves only Orbax's temporary directory; the previous complete step is used."""
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
+  """A real `maasjax train` is SIGKILLed while Orbax writes a checkpoint (its temporary folder exists and the
+  step's final folder does not): the previous complete step is the latest, and the same command resumes."""
   workdir = str(tmp_path / 'w')
-  config = experiment_config('digits_mlp', num_train_steps=40, log_every_steps=20, eval_every_steps=40,
-                             **{'checkpoint.every_steps': 20})
-  train_and_evaluate(config, workdir)
   ckpt_dir = os.path.join(workdir, 'checkpoints')
-  # What a kill during the save of step 60 leaves behind: a partial copy under a temporary name.
-  partial = os.path.join(ckpt_dir, '60' + '.orbax-checkpoint-tmp-1234567')
-  shutil.copytree(os.path.join(ckpt_dir, '40'), partial)
-  for root, _, files in os.walk(partial):
-    for f in files:
-      with open(os.path.join(root, f), 'r+b') as fh:
-        fh.truncate(max(0, os.path.getsize(os.path.join(root, f)) // 3))
+  # A wide MLP (~4.3M parameters, ~52 MB with AdamW's moments) saved every step: each write takes a while.
+  cmd = [sys.executable, '-m', 'maasjax.cli', 'train', '--workdir', workdir, '--config', 'experiments/digits_mlp.py',
+         '--config.model.hidden=(2048,2048)', '--config.num_train_steps=400', '--config.checkpoint.every_steps=1',
+         '--config.checkpoint.keep=2', '--config.log_every_steps=50', '--config.eval_every_steps=400',
+         '--config.progress_bar=false']
+  cut_short = None
+  for _ in range(5):  # the kill may land just after a rename: then try again on the next write
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=USER_RNG, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+      while time.time() < deadline and proc.poll() is None:
+        names = os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []
+        writing = [n for n in names if 'orbax-checkpoint-tmp' in n and n.split('.')[0].isdigit()]
+        if writing and _saved_steps(workdir):
+          break
+        time.sleep(0.002)
+    finally:
+      proc.send_signal(signal.SIGKILL)
+      proc.wait()
+    names = os.listdir(ckpt_dir)
+    unfinished = {int(n.split('.')[0]) for n in names if 'orbax-checkpoint-tmp' in n} - set(_saved_steps(workdir))
+    if unfinished:
+      cut_short = max(unfinished)
+      break
+  assert cut_short is not None, 'no checkpoint write was caught part way in 5 tries'
+  complete = _saved_steps(workdir)
+  assert complete and max(complete) < cut_short
   manager = ocp.CheckpointManager(ckpt_dir)
-  assert manager.latest_step() == 40
+  assert manager.latest_step() == max(complete)
   manager.close()
-  config.num_train_steps = 60
-  summary = train_and_evaluate(config, workdir)
-  assert summary['resumed_from_step'] == 40
-  assert _saved_steps(workdir)[-1] == 60
+  resumed = subprocess.run(cmd + [f'--config.num_train_steps={max(complete) + 3}'], cwd=ROOT, env=USER_RNG,
+                           capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f'resuming from the checkpoint at step {max(complete)}' in resumed.stdout
+  assert _saved_steps(workdir)[-1] == max(complete) + 3

@@ -21,7 +21,9 @@ FAST_COMPILE = '--xla_backend_optimization_level=0'
 def run_worker(jobs, devices: int, tmp_path, timeout: int = 600, name: str = 'out.json'):
   """Runs tests/mesh_worker.py with `devices` simulated CPU devices; returns its results."""
   out = tmp_path / name
-  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS='cpu', XLA_FLAGS=FAST_COMPILE)
+  # JAX's default RNG mode, as users run it (the rest of the suite uses the classic mode: tests/conftest.py).
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS='cpu', XLA_FLAGS=FAST_COMPILE,
+             JAX_THREEFRY_PARTITIONABLE='true')
   proc = subprocess.run([sys.executable, os.path.join(HERE, 'mesh_worker.py'), str(out), json.dumps(jobs)],
                         env=env, capture_output=True, text=True, timeout=timeout)
   assert proc.returncode == 0, proc.stderr[-4000:]

@@ -1,0 +1,32 @@
+"""Imports run one way (DESIGN.md, Layers), and the CLI loads an area only when its command runs."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def _modules_after(code: str) -> list[str]:
+  """The module names loaded after running `code` in a fresh interpreter."""
+  script = code + '\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))'
+  out = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_library_never_imports_the_cli_and_training_never_imports_export():
+  loaded = _modules_after('import maasjax.train.loop, maasjax.export.exporter, maasjax.serve.server')
+  assert not [m for m in loaded if m == 'maasjax.cli' or m.startswith('maasjax.cli.')]
+  loaded = _modules_after('import maasjax.train.loop')
+  assert 'maasjax.train.loop' in loaded
+  assert not [m for m in loaded if m.startswith(('maasjax.export', 'maasjax.serve'))]
+
+
+def test_help_and_listing_load_neither_flax_nor_tensorflow(tmp_path):
+  for argv in (['--help'], ['serve', '--help'], ['models', '--model-base-path', str(tmp_path)]):
+    code = (f'import contextlib, io\nfrom maasjax import cli\n'
+            f'with contextlib.redirect_stdout(io.StringIO()):\n'
+            f'  try:\n    cli.main({argv!r})\n  except SystemExit:\n    pass')
+    loaded = _modules_after(code)
+    heavy = [m for m in ('flax', 'tensorflow', 'jax', 'maasjax.train', 'maasjax.models') if m in loaded]
+    assert not heavy, (argv, heavy)
