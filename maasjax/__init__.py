@@ -1,2 +1,2 @@
-"""maasjax: config -> train -> evaluate -> compress -> export -> serve, in JAX/Flax."""
+"""maasjax: config -> train -> evaluate -> export -> serve, in JAX/Flax."""
 __version__ = "0.1.0"
