@@ -20,7 +20,7 @@ import numpy as np
 from maasjax.config import ConfigError
 from maasjax.export import layout
 from maasjax.export.signatures import signatures_for
-from maasjax.spec import Signature
+from maasjax.spec import SERVING_DEFAULT, Signature
 
 DEFAULT_PLATFORMS = ('cpu', 'cuda', 'tpu')
 
@@ -48,15 +48,58 @@ def _versions() -> dict[str, str]:
   return out
 
 
-def heldout_inputs(exp, sig: Signature, num_examples: int) -> dict[str, np.ndarray]:
-  """The first `num_examples` real (unpadded) test examples, as the signature's inputs."""
+def heldout_inputs(exp, sig: Signature, num_examples: int) -> tuple[dict[str, np.ndarray], int, str]:
+  """The first `num_examples` real (unpadded) test examples, as the signature's inputs, and how many
+  examples they hold: (inputs, count, unit)."""
   split = 'test' if 'test' in exp.dataset.splits() else exp.dataset.splits()[-1]
   batch = next(iter(exp.dataset.eval_batches(split, num_examples)))
   inputs = sig.example_inputs(batch)
   if sig.batchable and 'mask' in batch:
     keep = np.asarray(batch['mask']) > 0
     inputs = {k: np.asarray(v)[keep] for k, v in inputs.items()}
-  return {k: np.asarray(v) for k, v in inputs.items()}
+  inputs = {k: np.asarray(v) for k, v in inputs.items()}
+  return (inputs,) + count_examples(sig, inputs, batch)
+
+
+def count_examples(sig: Signature, inputs: dict[str, np.ndarray], batch) -> tuple[int, str]:
+  """Rows for a batchable signature; for padded graph arrays the real graphs (not the first input's nodes)."""
+  if sig.batchable:
+    return int(next(iter(inputs.values())).shape[0]), 'rows'
+  if 'n_node' in inputs:
+    n_node, mask = inputs['n_node'], batch.get('mask')
+    if mask is not None and np.shape(mask) == n_node.shape:  # a graph-level mask: 0 marks the padding graph
+      return int(np.sum(np.asarray(mask) > 0)), 'graphs'
+    return int(n_node.shape[0]), 'graphs'
+  return 1, 'requests'
+
+
+def output_shapes(sig: Signature, variables, inputs: dict[str, np.ndarray]) -> dict[str, list[int]]:
+  """Each output's shape with -1 for every axis that varies with an input's polymorphic axes (the batch, an
+  LM's sequence length, a graph's nodes), traced with the signature's symbolic shapes as jax2tf does."""
+  import jax
+  from jax import export
+  scope = export.SymbolicScope()
+  poly = sig.polymorphic_shapes()
+  args = {k: jax.ShapeDtypeStruct(export.symbolic_shape(poly[k], like=v.shape, scope=scope), v.dtype)
+          for k, v in inputs.items()}
+  out = jax.eval_shape(sig.fn, variables, args)
+  return {k: [d if isinstance(d, int) else -1 for d in v.shape] for k, v in out.items()}
+
+
+def tokenizer_metadata(info) -> dict | None:
+  """How a REST client maps text to the token ids a text model takes (None for other data)."""
+  from maasjax.data.tokenizers import tokenizer_from_info
+  if 'tokenizer' not in info.extra:
+    return None
+  tok = tokenizer_from_info(info)
+  spec = dict(info.extra['tokenizer'], vocab_size=int(tok.vocab_size), offset=int(tok.offset), pad_id=0,
+              bos_id=tok.bos_id, eos_id=tok.eos_id)
+  if spec['kind'] == 'char':
+    spec['rule'] = (f'id = index of the character in "chars" + {tok.offset}; 0 is padding'
+                    + (', 1 BOS, 2 EOS' if tok.bos_id is not None else '') + '; ids below the offset decode to nothing')
+  else:
+    spec['rule'] = f'id = UTF-8 byte value + {tok.offset}; 0 is padding, 1 BOS, 2 EOS'
+  return spec
 
 
 def run_in_plain_tf(saved_dir: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -123,12 +166,14 @@ def export_workdir(config, workdir: str, model_name: str, out: str, version: int
   variables = jax.device_get({'params': state.params, **state.model_state})
 
   # The JAX reference, computed before any TF tracing, with the same jit path training used.
-  inputs, jax_out = {}, {}
+  inputs, jax_out, examples, out_shapes = {}, {}, {}, {}
   for name, sig in sigs.items():
-    x = heldout_inputs(exp, sig, parity_examples)
+    x, count, unit = heldout_inputs(exp, sig, parity_examples)
+    examples[name] = {'num_examples': count, 'unit': unit}
     inputs.update({f'{name}/{k}': v for k, v in x.items()})
     y = jax.device_get(jax.jit(sig.fn)(variables, x))
     jax_out.update({f'{name}/{k}': np.asarray(v) for k, v in y.items()})
+    out_shapes[name] = output_shapes(sig, variables, x)
 
   module = JaxModule(
       variables, {name: sig.fn for name, sig in sigs.items()},
@@ -147,7 +192,8 @@ def export_workdir(config, workdir: str, model_name: str, out: str, version: int
     diffs, failures = compare(jax_out, tf_out, {n: s.tolerance for n, s in sigs.items()})
     if failures:
       raise ParityError(f'export of {workdir} refused: the SavedModel reloaded in TF does not reproduce JAX on '
-                        f'{parity_examples} held-out inputs:\n  ' + '\n  '.join(failures))
+                        f'{examples[SERVING_DEFAULT]["num_examples"]} held-out {examples[SERVING_DEFAULT]["unit"]}:'
+                        '\n  ' + '\n  '.join(failures))
     summary = {}
     if os.path.exists(os.path.join(workdir, 'summary.json')):
       with open(os.path.join(workdir, 'summary.json')) as f:
@@ -160,14 +206,19 @@ def export_workdir(config, workdir: str, model_name: str, out: str, version: int
         'dataset_info': exp.dataset.info.to_dict(),
         'label_names': list(exp.dataset.info.label_names),
         'signatures': {name: {'inputs': {k: s.to_dict() for k, s in sig.inputs.items()},
-                              'outputs': {k.split('/', 1)[1]: {'shape': [-1] + list(v.shape[1:]), 'dtype': str(v.dtype)}
+                              'outputs': {k.split('/', 1)[1]: {'shape': out_shapes[name][k.split('/', 1)[1]],
+                                                               'dtype': str(v.dtype)}
                                           for k, v in jax_out.items() if k.startswith(name + '/')},
                               'batchable': sig.batchable}
                        for name, sig in sigs.items()},
         'metrics': {k: v for k, v in summary.items() if k.startswith(('test/', 'eval/'))},
-        'parity': {'max_abs_diff': diffs, 'num_examples': int(next(iter(inputs.values())).shape[0]),
-                   'tolerance': {n: s.tolerance for n, s in sigs.items()}, 'checked_in': 'a separate TF process'},
+        'parity': {'max_abs_diff': diffs, 'num_examples': examples[SERVING_DEFAULT]['num_examples'],
+                   'examples': examples, 'tolerance': {n: s.tolerance for n, s in sigs.items()},
+                   'checked_in': 'a separate TF process'},
     }
+    tokenizer = tokenizer_metadata(exp.dataset.info)
+    if tokenizer:
+      meta['tokenizer'] = tokenizer
     os.makedirs(os.path.join(tmp, os.path.dirname(layout.METADATA_PATH)), exist_ok=True)
     with open(os.path.join(tmp, layout.METADATA_PATH), 'w') as f:
       json.dump(meta, f, indent=2, sort_keys=True)
