@@ -71,27 +71,38 @@ def free_port() -> int:
 
 
 class ServerProcess:
-  """`maasjax serve` in a subprocess on 127.0.0.1 and a free port."""
+  """`maasjax serve` in a subprocess on 127.0.0.1 and a free port.
 
-  def __init__(self, base: str, *args: str, env: dict | None = None, timeout: float = 180):
+  The server answers at once while its models load; `wait='ready'` (default) returns once the first scan
+  has loaded what it could (/v2/health/ready 200), `wait='live'` as soon as the port answers.
+  """
+
+  def __init__(self, base: str, *args: str, env: dict | None = None, timeout: float = 180, wait: str = 'ready'):
     self.port = free_port()
     self.url = f'http://127.0.0.1:{self.port}'
+    self.timeout = timeout
     self.log_path = os.path.join(base, f'.server-{self.port}.log')
     self.log = open(self.log_path, 'w')
     full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **(env or {}))
     self.proc = subprocess.Popen(
         [sys.executable, '-m', 'maasjax.cli', 'serve', '--model-base-path', base, '--port', str(self.port), *args],
         cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
-    deadline = time.time() + timeout
+    self.wait_for('/v2/health/live')
+    if wait == 'ready':
+      self.wait_for('/v2/health/ready')
+
+  def wait_for(self, path: str) -> None:
+    """Until GET `path` answers 200 (the process must stay up meanwhile)."""
+    deadline = time.time() + self.timeout
     while time.time() < deadline:
       if self.proc.poll() is not None:
         raise RuntimeError(f'server exited with {self.proc.returncode}:\n{self.output()}')
       with contextlib.suppress(httpx.HTTPError):
-        if httpx.get(self.url + '/v2/health/live', timeout=1).status_code == 200:
+        if httpx.get(self.url + path, timeout=1).status_code == 200:
           return
-      time.sleep(0.2)
+      time.sleep(0.1)
     self.stop()
-    raise RuntimeError(f'server did not start in {timeout} s:\n{self.output()}')
+    raise RuntimeError(f'server did not answer 200 on {path} in {self.timeout} s:\n{self.output()}')
 
   def output(self) -> str:
     self.log.flush()

@@ -1,4 +1,5 @@
-"""Export: SavedModels in TF Serving's layout, reloaded in a plain TF process, agree with JAX within 1e-5."""
+"""Export: SavedModels in TF Serving's layout, reloaded in a plain TF process, agree with JAX within 1e-5;
+an export that does not reproduce JAX is refused and leaves nothing behind."""
 import json
 import os
 
@@ -8,7 +9,7 @@ import pytest
 from serve_fixtures import jax_reference, heldout_digits
 from maasjax.config import ConfigError
 from maasjax.export import layout
-from maasjax.export.exporter import compare, run_in_plain_tf
+from maasjax.export.exporter import ParityError, compare, export_workdir, run_in_plain_tf
 
 
 @pytest.mark.parametrize('model', ['digits', 'digits_resnet'])
@@ -41,7 +42,16 @@ def test_layout_and_metadata(exported):
     assert meta['label_names'] == [str(i) for i in range(10)]
     assert 'test/accuracy' in meta['metrics'] and 'jax' in meta['library_versions']
     assert meta['checkpoint']['step'] == 20
-    assert max(meta['parity']['max_abs_diff'].values()) <= 1e-5
+    # The parity block says what was checked: 64 held-out digits (rows), every output, the bound used.
+    assert meta['parity']['num_examples'] == 64
+    assert meta['parity']['examples'] == {'serving_default': {'num_examples': 64, 'unit': 'rows'}}
+    assert sorted(meta['parity']['max_abs_diff']) == [f'serving_default/{k}' for k in sorted(
+        meta['signatures']['serving_default']['outputs'])] and meta['parity']['tolerance'] == {'serving_default': 1e-5}
+    assert meta['signatures']['serving_default']['outputs']['logits']['shape'] == [-1, 10]
+    assert meta['signatures']['serving_default']['outputs']['classes']['shape'] == [-1]
+    assert 'tokenizer' not in meta  # images: no vocabulary
+  assert exported['results']['digits'].max_abs_diff == layout.read_metadata(
+      os.path.join(base, 'digits', '1'))['parity']['max_abs_diff']
   assert exported['results']['digits'].version == 1
   assert layout.next_version(os.path.join(base, 'digits')) == 2
 
@@ -66,7 +76,29 @@ def test_existing_version_and_bad_name_are_refused(exported, capsys):
   assert cli.main(['export', '--workdir', workdir, '--model-name', 'bad/name', '--out', exported['base']]) == 2
   assert 'model name' in capsys.readouterr().err
   assert cli.main(['export', '--workdir', workdir + '-missing', '--model-name', 'x', '--out', exported['base']]) == 2
-  assert 'no config.json' in capsys.readouterr().err
+  assert 'does not exist' in capsys.readouterr().err
+
+
+def test_export_refuses_a_savedmodel_that_does_not_reproduce_jax(exported, monkeypatch):
+  """A perturbed weight in the SavedModel (the JAX reference keeps the true one): refused, nothing published."""
+  import jax
+  import orbax.export
+  from maasjax.config import from_json
+  real = orbax.export.JaxModule
+
+  def perturbed(variables, *args, **kwargs):
+    leaves, tree = jax.tree.flatten(variables)
+    leaves[-1] = leaves[-1] + 1e-2  # one weight array off by 1e-2: far beyond fp32 round-off
+    return real(jax.tree.unflatten(tree, leaves), *args, **kwargs)
+
+  monkeypatch.setattr(orbax.export, 'JaxModule', perturbed)
+  workdir, base = exported['workdirs']['digits'], exported['base']
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = from_json(f.read())
+  with pytest.raises(ParityError, match=r'refused(.|\n)*serving_default/logits: max abs difference \S+ > 1e-05'):
+    export_workdir(config, workdir, 'digits', base, parity_examples=8, platforms=('cpu',))
+  assert layout.list_versions(os.path.join(base, 'digits')) == [1]  # version 2 was never published
+  assert not [d for d in os.listdir(os.path.join(base, 'digits')) if d.startswith('.tmp')]
 
 
 def test_compare_reports_each_output_over_its_bound():

@@ -1,12 +1,16 @@
 """The server over real HTTP: both APIs and formats, every error code, auth, limits, metrics, the JAX backend."""
 import concurrent.futures
 import json
+import os
 import time
 
 import httpx
 import numpy as np
 import pytest
 
+import tritonclient.http as tritonclient_http  # a dev dependency: its absence is an error, not a skip
+
+from conftest import run_cli
 from serve_fixtures import ServerProcess, heldout_digits, jax_reference, write_broken_version
 from maasjax.client import Client, ServerError
 
@@ -16,9 +20,15 @@ KEY_RESNET = 'k-resnet-0123456789abcdef'
 
 @pytest.fixture(scope='module')
 def server(exported):
+  """The SavedModel server; `srv.while_loading` holds what it answered the moment its port opened."""
   write_broken_version(exported['base'], 'broken', 1)
   srv = ServerProcess(exported['base'], '--max-batch-size', '8', '--buckets', '1,8', '--batch-timeout-ms', '5',
-                      '--max-body-bytes', '200000')
+                      '--max-body-bytes', '200000', wait='live')
+  srv.while_loading = {'status': httpx.get(srv.url + '/v1/models/digits_resnet').json(),
+                       'ready': httpx.get(srv.url + '/v2/health/ready').status_code,
+                       'model_ready': httpx.get(srv.url + '/v2/models/digits_resnet/ready').status_code,
+                       'live': httpx.get(srv.url + '/v2/health/live').status_code}
+  srv.wait_for('/v2/health/ready')
   yield srv
   srv.stop()
 
@@ -34,7 +44,8 @@ def jax_keyed_server(exported, server, tmp_path_factory):
   keys = tmp_path_factory.mktemp('keys') / 'keys.txt'
   keys.write_text(f'# test keys\n{KEY_ALL} *\n{KEY_RESNET} digits_resnet\n')
   srv = ServerProcess(exported['base'], '--workers', '2', '--backend', 'jax', '--api-keys', str(keys),
-                      '--max-queue-rows', '2', '--batch-timeout-ms', '300', '--max-batch-size', '8', '--buckets', '1,8')
+                      '--max-queue-rows', '2', '--batch-timeout-ms', '300', '--max-batch-size', '8', '--buckets', '1,8',
+                      '--log-level', 'debug')
   deadline = time.time() + 180
   while metric_sum(httpx.get(srv.url + '/metrics').text, 'maasjax_model_events_total{event="loaded",model="digits"}') < 2:
     assert time.time() < deadline, srv.output()  # each worker loads its own copy; the pooled count says both did
@@ -92,7 +103,6 @@ def test_v2_json_and_binary(server, reference):
 
 
 def test_tritonclient_unchanged(server, reference):
-  tritonclient_http = pytest.importorskip('tritonclient.http')
   x, ref = reference
   client = tritonclient_http.InferenceServerClient(server.url[len('http://'):])
   assert client.is_server_live() and client.is_server_ready() and client.is_model_ready('digits')
@@ -130,7 +140,7 @@ def test_status_metadata_and_index(server):
 @pytest.mark.parametrize('path,body,status,fragment', [
     ('/v1/models/digits:predict', {'instances': [[[1.0]]]}, 400, "input 'inputs': shape [1, 1, 1]"),
     ('/v1/models/digits:predict', {'instances': [[1, 2], [3]]}, 400, "input 'inputs': expected a nested list"),
-    ('/v1/models/digits:predict', {'instances': [{'pixels': 1}]}, 400, "unknown input(s) ['pixels']"),
+    ('/v1/models/digits:predict', {'instances': [{'pixels': 1}]}, 400, "unknown input 'pixels'"),
     ('/v1/models/digits:predict', {'instance': []}, 400, 'exactly one of "instances"'),
     ('/v1/models/digits:predict', {'inputs': [], 'signature_name': 'nope'}, 400, "signature 'nope'"),
     ('/v1/models/digits:predict', b'{not json', 400, 'not valid JSON'),
@@ -148,6 +158,74 @@ def test_errors_name_what_was_wrong(server, path, body, status, fragment):
   r = post(server.url, path, body)
   assert r.status_code == status, r.text
   assert fragment in r.json()['error']
+
+
+def test_shared_types_have_one_home():
+  """One TensorSpec, one SERVING_DEFAULT, one v2 datatype table, one power-of-two helper; the client stays light."""
+  import subprocess
+  import sys
+  from maasjax import client, spec
+  from maasjax.serve import app, backends, batching, codec, metrics, v2types
+  assert not hasattr(backends, 'InputSpec') and backends.TensorSpec is spec.TensorSpec
+  assert app.SERVING_DEFAULT is spec.SERVING_DEFAULT
+  assert codec.v2_datatype is v2types.v2_datatype and client.v2_datatype is v2types.v2_datatype
+  assert not hasattr(codec, 'V2_DATATYPES') and not hasattr(client, '_V2')
+  assert metrics.powers_of_two is batching.powers_of_two and batching.bucket_sizes(12) == (1, 2, 4, 8, 12)
+  assert metrics.ServerMetrics(12).batch_size._upper_bounds[:-1] == [1.0, 2.0, 4.0, 8.0, 12.0]
+  heavy = subprocess.run([sys.executable, '-c', 'import sys, maasjax.client; print(sorted(m for m in ("fastapi", '
+                          '"uvicorn", "tensorflow", "jax", "maasjax.serve.app") if m in sys.modules))'],
+                         capture_output=True, text=True, check=True).stdout
+  assert heavy.strip() == '[]'
+
+
+def test_port_opens_at_once_with_models_loading(server):
+  """TF Serving's model states from the first moment: LOADING (not a closed port) until loaded and warmed."""
+  early = server.while_loading
+  assert early['status']['model_version_status'] == [
+      {'version': '1', 'state': 'LOADING', 'status': {'error_code': 'OK', 'error_message': ''}}]
+  assert (early['live'], early['ready'], early['model_ready']) == (200, 503, 503)
+  assert httpx.get(server.url + '/v1/models/digits_resnet').json()['model_version_status'][0]['state'] == 'AVAILABLE'
+
+
+def test_wrong_input_name_gets_one_message_in_every_form(server):
+  x = np.zeros((1, 8, 8, 1)).tolist()
+  bodies = [('/v1/models/digits:predict', {'inputs': {'image': x}}),
+            ('/v1/models/digits:predict', {'instances': [{'image': x[0]}]}),
+            ('/v2/models/digits/infer', {'inputs': [{'name': 'image', 'shape': [1, 8, 8, 1], 'datatype': 'FP32',
+                                                      'data': [0.0] * 64}]})]
+  errors = [post(server.url, path, body).json()['error'] for path, body in bodies]
+  assert errors == ["unknown input 'image'; this signature takes ['inputs']"] * 3
+
+
+def test_wrong_method_is_405(server):
+  for path in ('/v1/models/digits:predict', '/v1/models/digits/versions/1:predict', '/v2/models/digits/infer'):
+    r = httpx.get(server.url + path)
+    assert r.status_code == 405 and r.headers['allow'] == 'POST', (path, r.text)
+    assert 'POST' in r.json()['error'] and "model 'digits:predict'" not in r.json()['error']
+
+
+def test_port_in_use_exits_2_before_loading_any_model(server, exported):
+  t0 = time.time()
+  proc = run_cli('serve', '--model-base-path', exported['base'], '--port', str(server.port), timeout=120)
+  assert proc.returncode == 2, proc.stderr
+  assert f'cannot listen on 127.0.0.1:{server.port}: Address already in use' in proc.stderr
+  assert 'loaded' not in proc.stdout + proc.stderr and 'Traceback' not in proc.stderr
+  print(f'port in use reported in {time.time() - t0:.1f} s')
+
+
+def test_base_path_without_versions_is_explained(exported, tmp_path):
+  from maasjax.serve.repository import check_base_path
+  one_model = os.path.join(exported['base'], 'digits')  # what a TF Serving user passes
+  proc = run_cli('serve', '--model-base-path', one_model, timeout=120)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert 'holds version folders 1 directly' in proc.stderr and f'pass its parent, {exported["base"]}' in proc.stderr
+  with pytest.raises(Exception, match='is one SavedModel version'):
+    check_base_path(os.path.join(one_model, '1'))
+  assert 'it is empty; expected BASE/NAME/VERSION/saved_model.pb' in check_base_path(str(tmp_path))
+  (tmp_path / 'digits_cnn' / 'checkpoints').mkdir(parents=True)  # a runs/ folder of training workdirs
+  (tmp_path / 'digits_cnn' / 'config.json').write_text('{}')
+  assert 'look like training workdirs: export one' in check_base_path(str(tmp_path))
+  assert check_base_path(exported['base']) is None
 
 
 def test_nan_refused_via_binary_input(server):
@@ -193,7 +271,7 @@ def test_api_keys_allow_and_deny(jax_keyed_server, reference):
   assert httpx.get(url + '/v1/models/digits', headers={'Authorization': 'Bearer ' + KEY_RESNET}).status_code == 403
   index = httpx.post(url + '/v2/repository/index', headers={'Authorization': 'Bearer ' + KEY_RESNET}).json()
   assert [e['name'] for e in index] == ['digits_resnet']
-  assert httpx.get(url + '/v2/health/ready').status_code in (200, 503)  # probes need no key
+  assert httpx.get(url + '/v2/health/ready').status_code == 200  # probes need no key (both workers loaded)
 
 
 def test_jax_backend_matches_savedmodel(jax_keyed_server, server, reference):
@@ -236,4 +314,13 @@ def test_two_workers_share_the_port_and_pool_their_metrics(jax_keyed_server, ref
   pids = {line.split('maasjax.serve[')[1].split(']')[0] for line in jax_keyed_server.output().splitlines()
           if 'maasjax.serve[' in line and 'model digits version 1 loaded' in line}
   assert len(pids) == 2, jax_keyed_server.output()  # two processes, each with its own copy
+  # --log-level debug: one JSON line per request; the 16 predictions were answered by both workers.
+  served = [line for line in request_lines(jax_keyed_server.output())
+            if line['path'] == '/v1/models/digits:predict' and line['method'] == 'POST' and line['code'] == 200]
+  assert len(served) >= 16 and {str(line['pid']) for line in served[-16:]} == pids, served[-16:]
   assert jax_keyed_server.stop() == 0  # SIGTERM: the supervisor drains both workers and exits 0
+
+
+def request_lines(output: str) -> list[dict]:
+  """The server's per-request log lines: whole lines of JSON (nothing else on a line starting with '{')."""
+  return [json.loads(line) for line in output.splitlines() if line.startswith('{')]

@@ -40,20 +40,43 @@ def zoo(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_every_family_exports_with_parity(zoo):
+def test_every_family_exports_with_truthful_metadata(zoo):
+  """The metadata says what was checked and what a client may send and will get back."""
   base, out = zoo
   signatures = {}
   for name, (_, _, result) in out.items():
     meta = layout.read_metadata(result.path)
     signatures[name] = {s: sorted(v['inputs']) for s, v in meta['signatures'].items()}
-    for key, diff in result.max_abs_diff.items():
-      # Float outputs within 1e-4; integer ones (classes, generated tokens) identical in TF and JAX.
-      assert diff <= (0 if key.endswith(('classes', 'tokens')) else 1e-4), (name, key, diff)
+    assert sorted(meta['parity']['max_abs_diff']) == sorted(result.max_abs_diff)
   assert signatures['karate_gcn'] == {'serving_default': ['edges', 'n_edge', 'n_node', 'nodes', 'receivers', 'senders']}
   assert signatures['char_lm'] == {'serving_default': ['tokens'], 'generate': ['seed', 'temperature', 'tokens']}
   meta = layout.read_metadata(out['karate_gcn'][2].path)
-  assert meta['signatures']['serving_default']['batchable'] is False
+  sig = meta['signatures']['serving_default']
+  assert sig['batchable'] is False
   assert meta['task'] == 'node_classification' and meta['platforms'] == ['cpu']
+  # One graph of 34 nodes was checked: the parity counts graphs, not the first input's (node) axis.
+  assert meta['parity']['num_examples'] == 1 and out['karate_gcn'][2].num_examples == 1
+  assert meta['parity']['examples'] == {'serving_default': {'num_examples': 1, 'unit': 'graphs'}}
+  assert sig['outputs']['logits']['shape'] == [-1, 2] and sig['outputs']['classes']['shape'] == [-1]  # per node
+  lm = layout.read_metadata(out['char_lm'][2].path)
+  vocab = lm['signatures']['serving_default']['inputs']['tokens']['high'] + 1
+  assert lm['parity']['examples'] == {'serving_default': {'num_examples': 8, 'unit': 'rows'},
+                                      'generate': {'num_examples': 8, 'unit': 'rows'}}
+  # Logits follow the request's length; generated tokens have the export's fixed count.
+  assert lm['signatures']['serving_default']['outputs']['logits']['shape'] == [-1, -1, vocab]
+  assert lm['signatures']['generate']['outputs']['tokens']['shape'][0] == -1
+  assert lm['signatures']['generate']['outputs']['tokens']['shape'][1] > 0
+  assert lm['signatures']['generate']['inputs']['temperature']['low'] == 0
+  # The vocabulary a client needs, and the rule stated in it, reproduce the training tokenizer.
+  tok = lm['tokenizer']
+  assert tok['kind'] == 'char' and tok['vocab_size'] == vocab and tok['pad_id'] == 0
+  assert tok['rule'].startswith(f'id = index of the character in "chars" + {tok["offset"]}; 0 is padding')
+  text = tok['chars'][::-1][:20]
+  config, workdir, _ = out['char_lm']
+  exp, _, _ = restore_latest(config, workdir)
+  from maasjax.data.tokenizers import tokenizer_from_info
+  assert [tok['chars'].index(c) + tok['offset'] for c in text] == tokenizer_from_info(exp.dataset.info).encode(
+      text).tolist()
   assert sorted(layout.list_models(base)) == ['char-lm', 'karate-gcn']
 
 
@@ -78,7 +101,8 @@ def test_serve_graph_arrays_and_lm_generate(zoo):
   prompt[1, -8:] = lm_exp.dataset.train_batch(1, 1)['inputs'][0, :8]
   ref_tokens = np.asarray(decoding.lm_generate(lm_exp.model, lm_state.params, prompt, 32, jax.random.key(0)))
 
-  app, _ = build(base, ServeSettings(buckets=(1,), max_batch_size=4))
+  app, repo = build(base, ServeSettings(buckets=(1,), max_batch_size=4))
+  repo.poll()  # load both now: a server loads them in the background, answering 503 meanwhile
   with TestClient(app) as client:
     body = {'inputs': {k: np.asarray(graph[k]).tolist() for k in ('nodes', 'edges', 'senders', 'receivers',
                                                                    'n_node', 'n_edge')}}
@@ -97,3 +121,17 @@ def test_serve_graph_arrays_and_lm_generate(zoo):
     bad = dict(body['inputs'], nodes=[[0.0] * 5])
     r = client.post('/v1/models/karate-gcn:predict', json={'inputs': bad})
     assert r.status_code == 400 and 'nodes' in r.text
+    # Token ids outside the vocabulary and negative temperatures: 400 naming the input and the range.
+    meta = client.get('/v2/models/char-lm').json()
+    vocab = meta['parameters']['tokenizer']['vocab_size']
+    assert meta['parameters']['tokenizer'] == layout.read_metadata(out['char_lm'][2].path)['tokenizer']
+    assert client.get('/v1/models/char-lm/metadata').json()['metadata']['tokenizer']['vocab_size'] == vocab
+    assert {o['name']: o['shape'] for o in meta['outputs']}['logits'] == [-1, -1, vocab]
+    for value in (vocab + 230, -5):
+      r = client.post('/v1/models/char-lm:predict', json={'instances': [[5, 6, value]]})
+      assert r.status_code == 400, r.text
+      assert r.json()['error'] == (f"input 'tokens': value {value} is outside the allowed range [0, {vocab - 1}]")
+    r = client.post('/v1/models/char-lm:predict', json={'signature_name': 'generate', 'instances': [
+        {'tokens': prompt[0].tolist(), 'temperature': -1.0, 'seed': 7}]})
+    assert r.status_code == 400 and r.json()['error'] == "input 'temperature': value -1 is outside the allowed range >= 0"
+    assert client.post('/v1/models/char-lm:predict', json={'instances': [[5, 6, vocab - 1]]}).status_code == 200
