@@ -122,11 +122,7 @@ def test_serve_graph_arrays_and_lm_generate(zoo):
     r = client.post('/v1/models/karate-gcn:predict', json={'inputs': bad})
     assert r.status_code == 400 and 'nodes' in r.text
     # Token ids outside the vocabulary and negative temperatures: 400 naming the input and the range.
-    meta = client.get('/v2/models/char-lm').json()
-    vocab = meta['parameters']['tokenizer']['vocab_size']
-    assert meta['parameters']['tokenizer'] == layout.read_metadata(out['char_lm'][2].path)['tokenizer']
-    assert client.get('/v1/models/char-lm/metadata').json()['metadata']['tokenizer']['vocab_size'] == vocab
-    assert {o['name']: o['shape'] for o in meta['outputs']}['logits'] == [-1, -1, vocab]
+    vocab = int(lm_exp.dataset.info.num_classes)
     for value in (vocab + 230, -5):
       r = client.post('/v1/models/char-lm:predict', json={'instances': [[5, 6, value]]})
       assert r.status_code == 400, r.text
@@ -135,3 +131,9 @@ def test_serve_graph_arrays_and_lm_generate(zoo):
         {'tokens': prompt[0].tolist(), 'temperature': -1.0, 'seed': 7}]})
     assert r.status_code == 400 and r.json()['error'] == "input 'temperature': value -1 is outside the allowed range >= 0"
     assert client.post('/v1/models/char-lm:predict', json={'instances': [[5, 6, vocab - 1]]}).status_code == 200
+    # The vocabulary where a REST client finds it: v2 model metadata `parameters`, v1 metadata.
+    meta = client.get('/v2/models/char-lm').json()
+    assert meta['parameters']['tokenizer'] == layout.read_metadata(out['char_lm'][2].path)['tokenizer']
+    assert meta['parameters']['tokenizer']['vocab_size'] == vocab
+    assert client.get('/v1/models/char-lm/metadata').json()['metadata']['tokenizer']['vocab_size'] == vocab
+    assert {o['name']: o['shape'] for o in meta['outputs']}['logits'] == [-1, -1, vocab]
