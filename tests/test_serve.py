@@ -172,9 +172,9 @@ def test_shared_types_have_one_home():
   assert not hasattr(codec, 'V2_DATATYPES') and not hasattr(client, '_V2')
   assert metrics.powers_of_two is batching.powers_of_two and batching.bucket_sizes(12) == (1, 2, 4, 8, 12)
   assert metrics.ServerMetrics(12).batch_size._upper_bounds[:-1] == [1.0, 2.0, 4.0, 8.0, 12.0]
-  heavy = subprocess.run([sys.executable, '-c', 'import sys, maasjax.client; print(sorted(m for m in ("fastapi", '
-                          '"uvicorn", "tensorflow", "jax", "maasjax.serve.app") if m in sys.modules))'],
-                         capture_output=True, text=True, check=True).stdout
+  code = ('import sys, maasjax.client; '
+          'print(sorted(m for m in ("fastapi", "uvicorn", "tensorflow", "jax", "maasjax.serve.app") if m in sys.modules))')
+  heavy = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
   assert heavy.strip() == '[]'
 
 

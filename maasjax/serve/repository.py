@@ -1,9 +1,11 @@
 """The model repository: which versions under the base path are served, loaded, warmed and hot-swapped.
 
-A watcher thread polls the base path. A new version is loaded and warmed up off the request
-path, then swapped in with one dict assignment; the version it replaces keeps draining the
-requests it already holds. A version that fails to load is refused with a logged reason and
-whatever served before keeps serving; it is retried only if its directory changes.
+A watcher thread polls the base path, the first time at start-up: the server answers at once,
+each version found reported LOADING until it is loaded and warmed up (as TF Serving reports it).
+A new version is loaded and warmed up off the request path, then swapped in with one dict
+assignment; the version it replaces keeps draining the requests it already holds. A version that
+fails to load is refused with a logged reason and whatever served before keeps serving; it is
+retried only if its directory changes.
 """
 from __future__ import annotations
 
