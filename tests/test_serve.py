@@ -225,6 +225,8 @@ def test_base_path_without_versions_is_explained(exported, tmp_path):
   (tmp_path / 'digits_cnn' / 'checkpoints').mkdir(parents=True)  # a runs/ folder of training workdirs
   (tmp_path / 'digits_cnn' / 'config.json').write_text('{}')
   assert 'look like training workdirs: export one' in check_base_path(str(tmp_path))
+  (tmp_path / 'exports').symlink_to(exported['base'])  # one level too high
+  assert f'{tmp_path / "exports"} holds model versions: pass it' in check_base_path(str(tmp_path))
   assert check_base_path(exported['base']) is None
 
 

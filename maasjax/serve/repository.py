@@ -65,7 +65,8 @@ def check_base_path(base_path: str) -> str | None:
   if os.path.exists(os.path.join(base_path, 'saved_model.pb')):
     raise ConfigError(f'--model-base-path {base_path} is one SavedModel version; expected {LAYOUT}: pass the '
                       f'folder above its model folder, {os.path.dirname(parent)}')
-  digits = sorted(int(d) for d in names if d.isdigit())
+  # Version folders holding a SavedModel (a model named '2024' holds version folders instead).
+  digits = sorted(int(d) for d in names if d.isdigit() and os.path.exists(os.path.join(base_path, d, 'saved_model.pb')))
   if digits:
     raise ConfigError(f'--model-base-path {base_path} holds version folders {", ".join(map(str, digits[:5]))} '
                       f'directly: it is one model\'s folder; expected {LAYOUT}: pass its parent, {parent}')
@@ -78,7 +79,12 @@ def check_base_path(base_path: str) -> str | None:
     workdirs = [n for n in names if os.path.exists(os.path.join(base_path, n, 'config.json'))]
     found = (f'{len(names)} folder(s) ({", ".join(names[:5])}{", ..." if len(names) > 5 else ""}) '
              'without integer version folders')
-    if workdirs:
+    bases = [n for n in names if any(os.path.exists(os.path.join(base_path, n, m, str(v), 'saved_model.pb'))
+                                     for m in layout.list_models(os.path.join(base_path, n))
+                                     for v in layout.list_versions(os.path.join(base_path, n, m)))]
+    if bases:
+      found += f'; {os.path.join(base_path, bases[0])} holds model versions: pass it'
+    elif workdirs:
       found += ('; they look like training workdirs: export one with maasjax export --workdir '
                 f'{os.path.join(base_path, workdirs[0])} --out BASE')
   return (f'no model versions under {base_path}: {found}; expected {LAYOUT}. Serving 0 models until a '
