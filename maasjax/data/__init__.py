@@ -7,7 +7,7 @@ from typing import Callable
 import ml_collections
 
 from maasjax.config import check_name
-from maasjax.data.base import ArrayDataset, Dataset, DatasetInfo
+from maasjax.data.base import ArrayDataset, Dataset, DatasetInfo  # noqa: F401 - the package's public types
 from maasjax.data import graphs, images, sequences, text
 
 DATASETS: dict[str, Callable[[ml_collections.ConfigDict, int], Dataset]] = {
@@ -23,10 +23,6 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict, int], Dataset]] = {
     'majority_digit': sequences.load_majority_digit,
     **{name: functools.partial(images.load_tfds_images, name) for name in images.TFDS_IMAGE_DATASETS},
 }
-
-
-def register(name: str, loader: Callable[[ml_collections.ConfigDict, int], Dataset]) -> None:
-  DATASETS[name] = loader
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:

@@ -4,7 +4,6 @@ ogbg_molpcba (graph-level, padded to power-of-two buckets so jit compiles once p
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jraph
 import ml_collections

@@ -7,8 +7,7 @@ from typing import Any
 import numpy as np
 
 from maasjax.config import ConfigError
-
-PAD_ID = 0
+from maasjax.spec import BOS_ID, EOS_ID
 
 
 class CharVocab:
@@ -17,7 +16,7 @@ class CharVocab:
       raise ValueError('CharVocab: duplicate characters')
     self.chars = chars
     self.with_bos_eos = with_bos_eos
-    self.bos_id, self.eos_id = (1, 2) if with_bos_eos else (None, None)
+    self.bos_id, self.eos_id = (BOS_ID, EOS_ID) if with_bos_eos else (None, None)
     self.offset = 3 if with_bos_eos else 1
     self.vocab_size = len(chars) + self.offset
     self._index = {c: i + self.offset for i, c in enumerate(chars)}
@@ -37,7 +36,7 @@ class CharVocab:
 
 
 class ByteVocab:
-  bos_id, eos_id, offset, vocab_size = 1, 2, 3, 259
+  bos_id, eos_id, offset, vocab_size = BOS_ID, EOS_ID, 3, 259
 
   def encode(self, text: str) -> np.ndarray:
     return np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32) + self.offset

@@ -8,7 +8,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from maasjax.models.transformer import PAD_ID, DecoderLM, EncoderDecoder, default_positions
+from maasjax.models.transformer import DecoderLM, EncoderDecoder, default_positions
+from maasjax.spec import PAD_ID
 
 # (tokens_BxL, positions_BxL, cache) -> (logits_BxLxV, cache)
 StepFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]

@@ -107,8 +107,6 @@ class GraphModel(nn.Module):
 
   @nn.compact
   def __call__(self, graph: jraph.GraphsTuple, train: bool = False):
-    if self.readout not in READOUTS:
-      raise ValueError(f'readout={self.readout!r}: expected one of {", ".join(READOUTS)}')
     h = graph.nodes.astype(self.dtype)
     if self.embed_dim:
       h = nn.Dense(self.embed_dim, dtype=self.dtype, name='embed')(h)

@@ -22,8 +22,6 @@ class RNNClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.cell not in CELLS:
-      raise ValueError(f'cell={self.cell!r}: expected one of {", ".join(CELLS)}')
     if jnp.issubdtype(x.dtype, jnp.integer):
       lengths_B = jnp.sum((x != 0).astype(jnp.int32), axis=1)
       h_BxTxD = nn.Embed(self.vocab_size, self.embed_dim, name='embed')(x).astype(self.dtype)

@@ -9,7 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-PAD_ID = 0
+from maasjax.spec import PAD_ID
+
 POSITIONS = ('rotary', 'learned')
 NEG_INF = -1e9  # finite: a fully masked row (a padding query) gives a uniform softmax, not NaN
 
@@ -184,10 +185,7 @@ class TransformerBase(nn.Module):
   dtype: str = 'float32'
 
   def block_config(self) -> BlockConfig:
-    if self.positions not in POSITIONS:
-      raise ValueError(f'positions={self.positions!r}: expected one of {", ".join(POSITIONS)}')
-    if self.emb_dim % self.num_heads:
-      raise ValueError(f'emb_dim={self.emb_dim} is not divisible by num_heads={self.num_heads}')
+    # Settings are validated where the config is read (maasjax.models.check_settings), before tracing.
     return BlockConfig(self.emb_dim, self.num_heads, self.mlp_dim, self.dropout, self.attention_dropout,
                        self.positions, self.max_len, self.dtype, self.attention_window)
 

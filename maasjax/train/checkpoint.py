@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 import flax
-import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
