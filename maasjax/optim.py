@@ -1,8 +1,17 @@
 """optax optimizer and learning-rate schedule from `config.optimizer`.
 
-Keys: name (sgd, momentum, nesterov, adam, adamw, adagrad, rmsprop), learning_rate, schedule
-(constant, cosine, linear), warmup_steps, end_learning_rate_factor, momentum, b1, b2, eps,
-weight_decay, grad_clip_norm (0 = off), grad_accum_steps (1 = off).
+Keys for every optimizer: name, learning_rate, schedule (constant, cosine, linear), warmup_steps,
+end_learning_rate_factor, weight_decay, grad_clip_norm (0 = off), grad_accum_steps (1 = off). Each
+optimizer reads only its own settings besides (OWN_SETTINGS): momentum and nesterov read `momentum`;
+adam and adamw `b1, b2, eps`; adagrad `eps`; rmsprop `decay, eps, rmsprop_momentum` (default 0: the base
+config's `momentum` is SGD's and does not leak into rmsprop).
+
+`weight_decay` means two different things, as in the literature:
+- adamw: decoupled weight decay (Loshchilov & Hutter), optax.adamw's own: params -= lr * wd * params,
+  outside the adaptive scaling.
+- sgd, momentum, nesterov, adam, adagrad, rmsprop: L2 regularisation, wd * params added to the gradient
+  before the optimizer (optax.add_decayed_weights first in the chain). With adam this is *not* AdamW:
+  the decay is rescaled by the second-moment estimate like any gradient.
 """
 from __future__ import annotations
 
@@ -12,6 +21,8 @@ import optax
 from maasjax.config import ConfigError, check_name
 
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'adagrad', 'rmsprop')
+OWN_SETTINGS = {'sgd': (), 'momentum': ('momentum',), 'nesterov': ('momentum',), 'adam': ('b1', 'b2', 'eps'),
+                'adamw': ('b1', 'b2', 'eps'), 'adagrad': ('eps',), 'rmsprop': ('decay', 'eps', 'rmsprop_momentum')}
 SCHEDULES = ('constant', 'cosine', 'linear')
 
 
@@ -40,41 +51,46 @@ def make_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
+def _number(opt: ml_collections.ConfigDict, key: str, default: float, low: float = 0.0) -> float:
+  value = opt.get(key, default)
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+    raise ConfigError(f'config.optimizer.{key}={value!r}: expected a number >= {low:g}')
+  return float(value)
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   opt = config.optimizer
   name = opt.name
   check_name('optimizer', name, OPTIMIZERS)
+  # Every setting is validated before anything is built from it.
+  wd = _number(opt, 'weight_decay', 0.0)
+  clip = _number(opt, 'grad_clip_norm', 0.0)
+  accum = opt.get('grad_accum_steps', 1)
+  if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
+    raise ConfigError(f'config.optimizer.grad_accum_steps={accum!r}: expected an integer >= 1')
   lr = make_schedule(opt, int(config.num_train_steps))
-  wd = float(opt.get('weight_decay', 0.0))
-  momentum = float(opt.get('momentum', 0.9))
-  b1, b2, eps = float(opt.get('b1', 0.9)), float(opt.get('b2', 0.999)), float(opt.get('eps', 1e-8))
+  eps = _number(opt, 'eps', 1e-8) if 'eps' in OWN_SETTINGS[name] else None
   if name == 'sgd':
     core = optax.sgd(lr)
   elif name in ('momentum', 'nesterov'):
-    core = optax.sgd(lr, momentum=momentum, nesterov=(name == 'nesterov' or bool(opt.get('nesterov', False))))
-  elif name == 'adam':
-    core = optax.adam(lr, b1=b1, b2=b2, eps=eps)
-  elif name == 'adamw':
-    core = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=wd)
+    core = optax.sgd(lr, momentum=_number(opt, 'momentum', 0.9),
+                     nesterov=(name == 'nesterov' or bool(opt.get('nesterov', False))))
+  elif name in ('adam', 'adamw'):
+    b1, b2 = _number(opt, 'b1', 0.9), _number(opt, 'b2', 0.999)
+    core = (optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=wd) if name == 'adamw'
+            else optax.adam(lr, b1=b1, b2=b2, eps=eps))
   elif name == 'adagrad':
     core = optax.adagrad(lr, eps=eps)
   else:
-    core = optax.rmsprop(lr, decay=float(opt.get('decay', 0.9)), eps=eps, momentum=momentum or None)
+    momentum = _number(opt, 'rmsprop_momentum', 0.0)
+    core = optax.rmsprop(lr, decay=_number(opt, 'decay', 0.9), eps=eps, momentum=momentum or None)
   chain = []
-  clip = float(opt.get('grad_clip_norm', 0.0))
-  if clip < 0:
-    raise ConfigError(f'config.optimizer.grad_clip_norm={clip}: expected >= 0 (0 turns clipping off)')
   if clip:
     chain.append(optax.clip_by_global_norm(clip))
-  if wd and name != 'adamw':  # L2-style decoupled decay for the others, adamw has its own.
+  if wd and name != 'adamw':  # L2: wd * params joins the gradient (adamw decays decoupled, inside optax.adamw)
     chain.append(optax.add_decayed_weights(wd))
-  if wd < 0:
-    raise ConfigError(f'config.optimizer.weight_decay={wd}: expected >= 0')
   chain.append(core)
   tx = optax.chain(*chain) if len(chain) > 1 else core
-  accum = int(opt.get('grad_accum_steps', 1))
-  if accum < 1:
-    raise ConfigError(f'config.optimizer.grad_accum_steps={accum}: expected an integer >= 1')
   if accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accum)
   return tx

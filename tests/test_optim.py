@@ -90,3 +90,42 @@ def test_gradient_accumulation_equals_one_big_batch():
 def test_bad_optimizer_settings(opt, match):
   with pytest.raises(ConfigError, match=match):
     make_optimizer(_config(**opt))
+
+
+def _updates(tx, grads, params, steps=2):
+  state = tx.init(params)
+  out = []
+  for _ in range(steps):
+    updates, state = tx.update(grads, state, params)
+    out.append(np.asarray(updates['w']))
+  return out, state
+
+
+def test_rmsprop_does_not_inherit_sgd_momentum():
+  """The base config's momentum=0.9 is SGD's: rmsprop without its own rmsprop_momentum has none."""
+  params, grads = {'w': jnp.array([1.0, -2.0])}, {'w': jnp.array([0.5, 0.25])}
+  ours, state = _updates(make_optimizer(_config(name='rmsprop', weight_decay=0.0, schedule='constant',
+                                                warmup_steps=0)), grads, params)
+  plain, _ = _updates(optax.rmsprop(1e-3, decay=0.9, eps=1e-8), grads, params)
+  np.testing.assert_allclose(ours, plain, rtol=1e-6)
+  assert not any(isinstance(s, optax.TraceState) for s in jax.tree.leaves(state, is_leaf=lambda s: isinstance(
+      s, optax.TraceState)))
+
+
+def test_weight_decay_is_l2_for_sgd_and_decoupled_for_adamw():
+  params, grads = {'w': jnp.array([1.0, -2.0])}, {'w': jnp.array([0.5, 0.25])}
+  (sgd_update,), _ = _updates(make_optimizer(_config(name='sgd', learning_rate=0.1, weight_decay=0.01,
+                                                     schedule='constant', warmup_steps=0)), grads, params, 1)
+  np.testing.assert_allclose(sgd_update, -0.1 * (np.array([0.5, 0.25]) + 0.01 * np.array([1.0, -2.0])), rtol=1e-6)
+  ours, _ = _updates(make_optimizer(_config(name='adamw', learning_rate=0.1, weight_decay=0.01,
+                                            schedule='constant', warmup_steps=0)), grads, params, 1)
+  ref, _ = _updates(optax.adamw(0.1, weight_decay=0.01), grads, params, 1)
+  np.testing.assert_allclose(ours, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize('key,value', [('weight_decay', -1e-4), ('grad_clip_norm', -1.0), ('momentum', -0.5),
+                                       ('grad_accum_steps', 0)])
+def test_bad_optimizer_setting_is_refused_before_use(key, value):
+  name = 'momentum' if key == 'momentum' else 'adamw'
+  with pytest.raises(ConfigError, match=f'config.optimizer.{key}='):
+    make_optimizer(_config(name=name, **{key: value}))
