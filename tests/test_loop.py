@@ -87,3 +87,17 @@ def test_workdir_that_is_a_file_or_cannot_be_created(tmp_path):
   assert cli.main(['train', '--config', cfg, '--workdir', str(a_file)]) == 2
   assert cli.main(['train', '--config', cfg, '--workdir', str(a_file / 'run')]) == 2
   assert a_file.read_text() == 'keep me'
+
+
+def test_resume_refuses_only_what_changes_shapes_or_data_order(tmp_path, capsys):
+  from maasjax.config import ConfigError
+  config = _mlp(4, log_every_steps=2, eval_every_steps=4, **{'checkpoint.every_steps': 2})
+  train_and_evaluate(config, str(tmp_path))
+  config.num_train_steps = 6
+  config.model.dropout = 0.3  # no parameter changes shape: resumes
+  config.optimizer.learning_rate = 5e-4
+  assert train_and_evaluate(config, str(tmp_path))['resumed_from_step'] == 4
+  for key, value in (('model.hidden', (128, 128)), ('seed', 1), ('batch_size', 32)):
+    changed = _mlp(8, log_every_steps=2, eval_every_steps=4, **{'checkpoint.every_steps': 2, key: value})
+    with pytest.raises(ConfigError, match=f'{key}: checkpoint has'):
+      train_and_evaluate(changed, str(tmp_path))

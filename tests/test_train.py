@@ -54,8 +54,7 @@ def test_eval_reproduces_the_final_test_metrics(mlp_run):
 def test_rerun_of_a_finished_workdir_trains_nothing(mlp_run):
   config, workdir, summary = mlp_run
   again = train_and_evaluate(config, workdir)
-  assert again['resumed_from_step'] == 300
-  assert again['test/accuracy'] == summary['test/accuracy']
+  assert again == summary  # summary.json kept as it was (tests/test_loop.py checks the file itself)
 
 
 def test_incompatible_workdir_is_refused(mlp_run, tmp_path):

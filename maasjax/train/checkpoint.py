@@ -16,9 +16,21 @@ import orbax.checkpoint as ocp
 
 from maasjax.config import ConfigError
 
-# Config sections that decide the shapes in the state: a workdir trained with other values
-# cannot be resumed or evaluated with these.
-STRUCTURAL_KEYS = ('model', 'dataset.name', 'optimizer.name', 'optimizer.grad_accum_steps')
+# What a resume (or eval/export of a workdir) must not change: the shapes in the train state and the
+# data order. Everything else may change between runs of one workdir (a dropout rate, the learning rate
+# schedule, the eval batch size, where the data lives).
+STRUCTURAL_KEYS = (
+    'seed',  # parameter init, data order and dropout keys all derive from it
+    'batch_size',  # batch `s` holds examples s*B .. s*B+B-1 of the seeded stream
+    'model',  # every model setting changes shapes, except those in FREE_KEYS
+    'dataset',  # the name, splits, sequence length, ... decide shapes and order, except FREE_KEYS
+    'optimizer.name',  # the optimizer state's structure
+    'optimizer.grad_accum_steps',  # optax.MultiSteps adds its own state
+)
+FREE_KEYS = {
+    'model': ('dropout', 'attention_dropout', 'remat', 'dtype'),  # no parameter changes shape
+    'dataset': ('data_dir', 'download', 'eval_examples', 'normalize', 'augment'),  # same examples, same order
+}
 
 
 def _get(config: dict, dotted: str):
@@ -36,6 +48,8 @@ def structural_diff(saved: dict, current: dict) -> list[str]:
     a, b = _get(saved, key), _get(current, key)
     if isinstance(a, dict) and isinstance(b, dict):
       for sub in sorted(set(a) | set(b)):
+        if sub in FREE_KEYS.get(key, ()):
+          continue
         if json.dumps(a.get(sub), sort_keys=True) != json.dumps(b.get(sub), sort_keys=True):
           diffs.append(f'{key}.{sub}: checkpoint has {a.get(sub)!r}, config has {b.get(sub)!r}')
     elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
@@ -68,15 +82,20 @@ class Checkpointer:
     if read_only and not os.path.isdir(self.directory):
       raise ConfigError(f'workdir {workdir!r} has no checkpoint to evaluate; train first with '
                         f'maasjax train --config ... --workdir {workdir}')
-    options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(1, every_steps), max_to_keep=keep if keep > 0 else None,
-        enable_async_checkpointing=async_save, create=not read_only, read_only=read_only)
+    if read_only:  # restore only; never saves, so nothing is deleted (Orbax's read_only mode logs warnings)
+      options = ocp.CheckpointManagerOptions(max_to_keep=None, create=False, enable_async_checkpointing=False)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          save_interval_steps=max(1, every_steps), max_to_keep=keep if keep > 0 else None,
+          enable_async_checkpointing=async_save, create=True)
+    self.read_only = read_only
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state, force: bool = False) -> bool:
+    assert not self.read_only, 'a read-only Checkpointer saves nothing'
     return self.manager.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
                              force=force)
 
