@@ -119,10 +119,17 @@ def test_lm1b_pipeline_under_mock_data():
   with tfds.testing.mock_data(num_examples=10):
     ds = load_dataset(config)
     first = [ds.train_batch(s, 4) for s in range(3)]
-    resumed = load_dataset(config).train_batch(2, 4)  # a fresh reader replays the stream up to step 2
+    fresh = load_dataset(config)  # a resumed run's reader
+    reads = []
+    source = fresh._source
+    fresh._source = type('Counted', (), {'__len__': lambda _: len(source),
+                                         '__getitem__': lambda _, i: reads.append(i) or source[i]})()
+    resumed = fresh.train_batch(2, 4)
+    far = fresh.train_batch(10_000, 4)  # 4,000 epochs in: still one batch read
     evals = list(ds.eval_batches('validation', 2))
     test_rows = sum(int(b['mask'].sum()) for b in ds.eval_batches('test', 4))
   np.testing.assert_array_equal(resumed['inputs'], first[2]['inputs'])
+  assert len(reads) == 8 and far['inputs'].shape == (4, 12)  # the resume read its batch only, not steps 0..s
   b = first[0]
   assert b['inputs'].shape == (4, 12) and (b['inputs'][:, 0] == ByteVocab.bos_id).all()
   np.testing.assert_array_equal(b['inputs'][:, 1:], b['labels'][:, :-1])

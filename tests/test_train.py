@@ -102,3 +102,17 @@ def test_missing_tfds_dataset_says_how_to_prepare_it(tmp_path):
   assert "dataset 'mnist' is not prepared in data_dir" in result.stderr
   assert 'download_and_prepare --datasets=mnist' in result.stderr
   assert 'Traceback' not in result.stderr
+  # No download was tried (download is false), and the suggestion is the embedded config of the same task.
+  assert 'could not be downloaded' not in result.stderr and 'nothing was downloaded' in result.stderr
+  assert '--config experiments/digits_cnn.py' in result.stderr
+
+
+@pytest.mark.parametrize('experiment,suggested', [('tiny_shakespeare_lm', 'experiments/char_lm.py'),
+                                                  ('lm1b_lm', 'experiments/char_lm.py'),
+                                                  ('ogbg_molpcba_gcn', 'experiments/graph_families_gcn.py')])
+def test_missing_tfds_dataset_suggests_the_embedded_config_of_its_task(experiment, suggested, tmp_path):
+  from maasjax.data import load_dataset
+  config = experiment_config(experiment, **{'dataset.data_dir': str(tmp_path / 'no_data')})
+  with pytest.raises(ConfigError, match='is not prepared in data_dir') as e:
+    load_dataset(config)
+  assert f'--config {suggested}' in str(e.value) and 'could not be downloaded' not in str(e.value)

@@ -11,6 +11,7 @@ import numpy as np
 
 from maasjax.config import ConfigError
 from maasjax.data.base import Batch, Dataset, DatasetInfo, stream_indices
+from maasjax.data.tfds_source import prepared_builder
 
 GRAPH_KEYS = ('nodes', 'edges', 'senders', 'receivers', 'n_node', 'n_edge')
 
@@ -269,15 +270,8 @@ def ogbg_store(examples) -> GraphStore:
 def load_ogbg_molpcba(cfg: ml_collections.ConfigDict, seed: int) -> GraphBatchDataset:
   """tfds ogbg_molpcba (437,929 molecules, 128 binary assays, many unmeasured): the Flax example's task."""
   import tensorflow_datasets as tfds
-  from maasjax.data.images import _missing_dataset_message
-  data_dir = cfg.get('data_dir') or None
-  try:
-    builder = tfds.builder('ogbg_molpcba', data_dir=data_dir)
-    if bool(cfg.get('download', False)):
-      builder.download_and_prepare()
-    datasets = {split: builder.as_dataset(split=split) for split in ('train', 'validation', 'test')}
-  except Exception as e:  # tfds raises assorted types for a dataset that is not prepared
-    raise ConfigError(_missing_dataset_message('ogbg_molpcba', data_dir, e)) from e
+  builder = prepared_builder('ogbg_molpcba', cfg, 'graph')
+  datasets = {split: builder.as_dataset(split=split) for split in ('train', 'validation', 'test')}
   splits = {split: ogbg_store(tfds.as_numpy(ds)) for split, ds in datasets.items()}
   for split, store in splits.items():
     n_node_per_edge = np.repeat(np.diff(store.node_offsets), np.diff(store.edge_offsets))

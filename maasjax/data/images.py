@@ -6,13 +6,12 @@ that an exported model takes the raw pixels a client has.
 """
 from __future__ import annotations
 
-import os
-
 import ml_collections
 import numpy as np
 
 from maasjax.config import ConfigError
 from maasjax.data.base import ArrayDataset, DatasetInfo, seeded_split
+from maasjax.data.tfds_source import prepared_builder
 
 TFDS_IMAGE_DATASETS = ('mnist', 'fashion_mnist', 'cifar10')
 
@@ -94,42 +93,22 @@ def load_digits(cfg: ml_collections.ConfigDict, seed: int) -> ArrayDataset:
   return _build('digits', x, y, [str(i) for i in range(10)], cfg, seed, max_value=16.0)
 
 
-def _missing_dataset_message(name: str, data_dir: str | None, error: Exception) -> str:
-  where = data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
-  return (f'dataset {name!r} is not prepared in data_dir {where!r} and could not be downloaded '
-          f'({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}). '
-          f'Prepare it on a machine with network access with\n'
-          f'  python -m tensorflow_datasets.scripts.download_and_prepare --datasets={name} --data_dir={where}\n'
-          f'then copy that folder here and pass --config.dataset.data_dir={where} '
-          f'(or use the embedded default: --config experiments/digits_cnn.py)')
-
-
-def load_tfds_split(name: str, split: str, data_dir: str | None, download: bool):
-  """Loads one whole split as numpy via tfds, or raises ConfigError saying how to prepare it."""
+def load_tfds_split(builder, name: str, split: str):
+  """One whole split of a prepared tfds dataset as numpy arrays."""
   import tensorflow_datasets as tfds
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-    if download:
-      builder.download_and_prepare()
-    # Batch and concatenate rather than batch_size=-1, which aborts the process under
-    # tfds.testing.mock_data in tensorflow 2.21 (std::length_error in the generator op).
-    ds = builder.as_dataset(split=split, shuffle_files=False).batch(4096)
-    parts = list(tfds.as_numpy(ds))
-    if not parts:
-      raise ConfigError(f'split {split!r} of tfds dataset {name!r} is empty')
-    return builder.info, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-  except ConfigError:
-    raise
-  except Exception as e:  # tfds raises assorted types (AssertionError, DatasetNotFoundError, OSError)
-    raise ConfigError(_missing_dataset_message(name, data_dir, e)) from e
+  # Batch and concatenate rather than batch_size=-1, which aborts the process under
+  # tfds.testing.mock_data in tensorflow 2.21 (std::length_error in the generator op).
+  ds = builder.as_dataset(split=split, shuffle_files=False).batch(4096)
+  parts = list(tfds.as_numpy(ds))
+  if not parts:
+    raise ConfigError(f'split {split!r} of tfds dataset {name!r} is empty')
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def load_tfds_images(name: str, cfg: ml_collections.ConfigDict, seed: int) -> ArrayDataset:
   """A tfds image dataset with a seeded validation split carved from its train split."""
-  data_dir = cfg.get('data_dir') or None
-  download = bool(cfg.get('download', False))
-  info, train = load_tfds_split(name, 'train', data_dir, download)
-  _, test = load_tfds_split(name, 'test', data_dir, False)
+  builder = prepared_builder(name, cfg, 'image')
+  info, train, test = builder.info, load_tfds_split(builder, name, 'train'), load_tfds_split(builder, name, 'test')
   x_train, y_train = np.asarray(train['image']), np.asarray(train['label'])
   val_fraction = float(cfg.get('validation_fraction', 0.1))
   idx = seeded_split(len(y_train), {'validation': val_fraction, 'train': 1 - val_fraction},

@@ -4,6 +4,7 @@ label 0 (padding) is not scored."""
 from __future__ import annotations
 
 import os
+import sys
 from collections import Counter
 from typing import Iterator
 
@@ -11,7 +12,8 @@ import ml_collections
 import numpy as np
 
 from maasjax.config import ConfigError
-from maasjax.data.base import Batch, Dataset, DatasetInfo, host_slice
+from maasjax.data.base import Batch, Dataset, DatasetInfo, host_slice, stream_indices
+from maasjax.data.tfds_source import prepared_builder
 from maasjax.data.tokenizers import ByteVocab, CharVocab
 
 # An original text written for this repository (Apache-2.0, like the code): the default char LM corpus.
@@ -111,24 +113,10 @@ def load_char_text(cfg: ml_collections.ConfigDict, seed: int) -> CharStreamDatas
   return char_lm_dataset('char_text', {'train': text[:a], 'validation': text[a:b], 'test': text[b:]}, cfg, seed)
 
 
-def _tfds_builder(name: str, cfg: ml_collections.ConfigDict):
-  import tensorflow_datasets as tfds
-  from maasjax.data.images import _missing_dataset_message
-  data_dir = cfg.get('data_dir') or None
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-    if bool(cfg.get('download', False)):
-      builder.download_and_prepare()
-    builder.as_dataset(split='test')  # raises here, with a clear message, if the data is not prepared
-  except Exception as e:  # tfds raises assorted types for a dataset that is not prepared
-    raise ConfigError(_missing_dataset_message(name, data_dir, e)) from e
-  return builder
-
-
 def load_tiny_shakespeare(cfg: ml_collections.ConfigDict, seed: int) -> CharStreamDataset:
   """tfds tiny_shakespeare: each split is one long text (about 1 MB in all), modelled by character."""
   import tensorflow_datasets as tfds
-  builder = _tfds_builder('tiny_shakespeare', cfg)
+  builder = prepared_builder('tiny_shakespeare', cfg, 'text')
   texts = {}
   for split in ('train', 'validation', 'test'):
     examples = list(tfds.as_numpy(builder.as_dataset(split=split)))
@@ -137,10 +125,14 @@ def load_tiny_shakespeare(cfg: ml_collections.ConfigDict, seed: int) -> CharStre
 
 
 class SentenceStreamDataset(Dataset):
-  """tfds sentences (lm1b), streamed: [BOS] bytes [EOS], cut or padded to seq_len + 1 tokens.
+  """tfds sentences (lm1b), [BOS] bytes [EOS], cut or padded to seq_len + 1 tokens.
 
-  The training stream is a seeded shuffle, so batch `step` is a pure function of (seed, step); a run
-  resumed at step s re-reads the first s batches to get there (a skip, not a full step).
+  Training batch `s` holds the sentences at positions s*B .. s*B+B-1 of an endless stream whose epoch e is
+  the seeded permutation `default_rng([seed, e])` of the training split (as for in-memory data), read by
+  index from tfds's random-access data source (ArrayRecord files): a run resumed at step s reads just its
+  batch, O(1) in s. A copy prepared as TFRecord (tfds's default file format) has no random access; then
+  the stream is tf.data's seeded shuffle and a resume replays it up to step s (said once on stderr):
+  prepare lm1b with `--file_format=array_record` for the O(1) resume.
   """
 
   def __init__(self, info: DatasetInfo, builder, seq_len: int, seed: int, shuffle_buffer: int, eval_examples: int):
@@ -148,12 +140,17 @@ class SentenceStreamDataset(Dataset):
     self._shuffle_buffer, self._eval_examples = shuffle_buffer, eval_examples
     self._vocab = ByteVocab()
     self._iter, self._next_step, self._batch_size = None, 0, None
+    try:  # random access exists only for ArrayRecord files
+      self._source = builder.as_data_source(split='train')
+    except Exception:  # noqa: BLE001 - tfds raises assorted types for a format without random access
+      self._source = None
 
   def splits(self) -> list[str]:
     return ['train', 'validation', 'test']
 
-  def _row(self, text: bytes) -> np.ndarray:
-    ids = np.frombuffer(text, np.uint8).astype(np.int32) + self._vocab.offset
+  def _row(self, text) -> np.ndarray:
+    data = text.encode('utf-8') if isinstance(text, str) else bytes(text)
+    ids = np.frombuffer(data, np.uint8).astype(np.int32) + self._vocab.offset
     return np.concatenate([[self._vocab.bos_id], ids, [self._vocab.eos_id]]).astype(np.int32)[:self._seq_len + 1]
 
   def _train_iterator(self, batch_size: int):
@@ -166,16 +163,27 @@ class SentenceStreamDataset(Dataset):
     options.deterministic = True
     return iter(tfds.as_numpy(ds.with_options(options)))
 
-  def train_batch(self, step, batch_size, process_index=0, process_count=1):
+  def _streamed_texts(self, step: int, batch_size: int):
+    """The TFRecord fallback: tf.data's seeded stream, replayed up to `step` on a fresh reader."""
     if self._iter is None or step != self._next_step or batch_size != self._batch_size:
       self._iter, self._next_step, self._batch_size = self._train_iterator(batch_size), 0, batch_size
-      for _ in range(step):  # resume: replay the seeded stream up to `step`
+      if step:
+        print(f'{self.info.name}: this copy has no random access (TFRecord files); replaying {step} batches to '
+              f'resume. Prepare it with --file_format=array_record for an O(1) resume.', file=sys.stderr, flush=True)
+      for _ in range(step):
         next(self._iter)
       self._next_step = step
-    texts = next(self._iter)['text']
     self._next_step += 1
-    tokens = _pad_rows([self._row(t) for t in texts], self._seq_len + 1)[host_slice(batch_size, process_index,
-                                                                                     process_count)]
+    return next(self._iter)['text']
+
+  def train_batch(self, step, batch_size, process_index=0, process_count=1):
+    local = host_slice(batch_size, process_index, process_count)
+    if self._source is not None:
+      indices = stream_indices(self._seed, step, batch_size, len(self._source))[local]
+      texts = [self._source[int(i)]['text'] for i in indices]
+    else:
+      texts = self._streamed_texts(step, batch_size)[local]
+    tokens = _pad_rows([self._row(t) for t in texts], self._seq_len + 1)
     return {'inputs': tokens[:, :-1], 'labels': tokens[:, 1:]}
 
   def eval_batches(self, split, batch_size, process_index=0, process_count=1):
@@ -190,7 +198,8 @@ class SentenceStreamDataset(Dataset):
 
 def load_lm1b(cfg: ml_collections.ConfigDict, seed: int) -> SentenceStreamDataset:
   """tfds lm1b (One Billion Word benchmark), byte-level: no tokenizer to train, vocabulary 259."""
-  builder = _tfds_builder('lm1b', cfg)
+  # ArrayRecord files give random access (an O(1) resume, see SentenceStreamDataset).
+  builder = prepared_builder('lm1b', cfg, 'text', extra_flags=' --file_format=array_record')
   seq_len = int(cfg.get('seq_len', 128))
   vocab = ByteVocab()
   info = DatasetInfo(name='lm1b', task='language_modelling', input_shape=(seq_len,), input_dtype='int32',
