@@ -1,11 +1,11 @@
 r"""Character-level language model: a decoder-only Transformer over a local text file.
 
   maasjax train --config experiments/char_lm.py --workdir runs/char_lm
-  maasjax generate --workdir runs/char_lm --prompt "The light " --max_new_tokens 200 --temperature 0.8
+  maasjax generate --workdir runs/char_lm --prompt "The light " --max-new-tokens 200 --temperature 0.8
 
 Default text: maasjax/data/texts/keepers_log.txt (44 KB, written for this repo); any UTF-8 file with
---config.dataset.path=FILE. The last 5% of the text is validation, the 5% before it... see
-`validation_fraction` / `test_fraction`: held-out text is contiguous, never seen in training.
+--config.dataset.path=FILE. The first 90% of the text is training, the next 5% validation and the last
+5% test (`validation_fraction` / `test_fraction`): held-out text is contiguous, never seen in training.
 The number to beat is the text's unigram entropy (a model with no context): see dataset_info.json.
 """
 import ml_collections

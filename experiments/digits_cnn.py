@@ -2,7 +2,7 @@ r"""The default experiment: the classic MNIST CNN on scikit-learn's embedded 8x8
 
   maasjax train --config experiments/digits_cnn.py --workdir runs/digits_cnn
 
-Expected (2-core CPU): test accuracy >= 0.985 on the held-out 360 digits in well under a minute.
+Expected (2-core CPU): test accuracy >= 0.985 on the 359 held-out digits in well under a minute.
 """
 import ml_collections
 

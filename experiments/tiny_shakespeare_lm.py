@@ -3,7 +3,7 @@ r"""Character-level Transformer LM on tfds tiny_shakespeare (about 1 MB of Shake
   python -m tensorflow_datasets.scripts.download_and_prepare --datasets=tiny_shakespeare --data_dir=DATA
   maasjax train --config experiments/tiny_shakespeare_lm.py --workdir runs/tiny_shakespeare_lm \
       --config.dataset.data_dir=DATA
-  maasjax generate --workdir runs/tiny_shakespeare_lm --prompt "ROMEO:" --max_new_tokens 300
+  maasjax generate --workdir runs/tiny_shakespeare_lm --prompt "ROMEO:" --max-new-tokens 300
 
 tfds's own train / validation / test texts. Not run on this machine (the dataset needs a download);
 the pipeline and a few training steps are tested under tfds mock data. The same model reaches a

@@ -102,19 +102,25 @@ class ArrayDataset(Dataset):
     return batch
 
   def eval_batches(self, split, batch_size, process_index=0, process_count=1):
-    arrays = self._splits[split]
-    n = len(arrays['labels'])
-    local = host_slice(batch_size, process_index, process_count)
-    for start in range(0, n, batch_size):
-      stop = min(start + batch_size, n)
-      batch = {}
-      for k, v in arrays.items():
-        pad = np.zeros((batch_size - (stop - start),) + v.shape[1:], v.dtype)
-        batch[k] = np.concatenate([v[start:stop], pad])[local]
-      mask = np.zeros(batch_size, np.float32)
-      mask[:stop - start] = 1.0
-      batch['mask'] = mask[local]
-      yield batch
+    return padded_batches(self._splits[split], batch_size, process_index, process_count)
+
+
+def padded_batches(arrays: dict[str, np.ndarray], batch_size: int, process_index: int = 0,
+                   process_count: int = 1) -> Iterator[Batch]:
+  """A whole split in order, in batches of `batch_size` rows (the last zero-padded); `mask` marks real rows.
+  Each process gets its slice of every global batch, so evaluation over hosts counts every example once."""
+  n = len(next(iter(arrays.values())))
+  local = host_slice(batch_size, process_index, process_count)
+  for start in range(0, n, batch_size):
+    stop = min(start + batch_size, n)
+    batch = {}
+    for k, v in arrays.items():
+      pad = np.zeros((batch_size - (stop - start),) + v.shape[1:], v.dtype)
+      batch[k] = np.concatenate([v[start:stop], pad])[local]
+    mask = np.zeros(batch_size, np.float32)
+    mask[:stop - start] = 1.0
+    batch['mask'] = mask[local]
+    yield batch
 
 
 def seeded_split(n: int, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:

@@ -96,9 +96,6 @@ class GraphBatchDataset(Dataset):
   def splits(self) -> list[str]:
     return list(self._splits)
 
-  def store(self, split: str) -> GraphStore:
-    return self._splits[split]
-
   def batch_of(self, split: str, indices, batch_size: int) -> Batch:
     store = self._splits[split]
     return pad_graphs([store.graph(int(i)) for i in indices], batch_size, *self._min)

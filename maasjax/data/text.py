@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from maasjax.config import ConfigError
-from maasjax.data.base import Batch, Dataset, DatasetInfo, host_slice, stream_indices
+from maasjax.data.base import Batch, Dataset, DatasetInfo, host_slice, padded_batches, stream_indices
 from maasjax.data.tfds_source import prepared_builder
 from maasjax.data.tokenizers import ByteVocab, CharVocab
 
@@ -36,14 +36,10 @@ def _pad_rows(rows: list[np.ndarray], width: int) -> np.ndarray:
 
 def padded_eval_batches(rows: list[np.ndarray], width: int, batch_size: int, process_index: int,
                         process_count: int) -> Iterator[Batch]:
-  """Token rows (each inputs + 1 next token) -> padded batches; `mask` marks real rows."""
-  local = host_slice(batch_size, process_index, process_count)
-  for start in range(0, len(rows), batch_size):
-    chunk = rows[start:start + batch_size]
-    tokens = _pad_rows(chunk + [np.zeros(0, np.int32)] * (batch_size - len(chunk)), width + 1)
-    mask = np.zeros(batch_size, np.float32)
-    mask[:len(chunk)] = 1.0
-    yield {'inputs': tokens[local, :-1], 'labels': tokens[local, 1:], 'mask': mask[local]}
+  """Token rows (each inputs + 1 next token) -> padded batches of inputs/labels; `mask` marks real rows."""
+  tokens = _pad_rows(rows, width + 1)
+  return padded_batches({'inputs': tokens[:, :-1], 'labels': tokens[:, 1:]}, batch_size, process_index,
+                        process_count)
 
 
 class CharStreamDataset(Dataset):
