@@ -36,6 +36,8 @@ COMMANDS: dict[str, Command] = {
                      'serve every model under a base path over TF Serving REST v1 and Open Inference Protocol v2'),
     'generate': Command('maasjax.generate', 'add_args', 'run',
                         'sample a continuation from a trained language model (or an output from a seq2seq model)'),
+    'privacy-report': Command('maasjax.privacy.commands', 'add_args', 'run',
+                              'membership-inference check of a trained workdir (AUC, advantage) beside its epsilon'),
 }
 
 

@@ -20,6 +20,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed = ml_collections.ConfigDict({
       'initialize': 'auto', 'coordinator_address': '', 'num_processes': 0, 'process_id': -1, 'timeout_s': 300})
   c.checkpoint = ml_collections.ConfigDict({'every_steps': 250, 'keep': 3, 'async_save': True})
+  # DP-SGD (maasjax.privacy): per-example clipping + Gaussian noise, epsilon from dp-accounting.
+  # delta 0: 1 / (10 N); target_epsilon > 0 calibrates noise_multiplier for num_train_steps.
+  c.privacy = ml_collections.ConfigDict({
+      'enabled': False, 'l2_norm_clip': 1.0, 'noise_multiplier': 1.1, 'target_epsilon': 0.0, 'delta': 0.0,
+      'sampling': 'poisson', 'accountant': 'rdp'})
   c.optimizer = ml_collections.ConfigDict({
       'name': 'adamw', 'learning_rate': 1e-3, 'schedule': 'cosine', 'warmup_steps': 50,
       'end_learning_rate_factor': 0.0, 'momentum': 0.9, 'b1': 0.9, 'b2': 0.999, 'eps': 1e-8,

@@ -101,6 +101,20 @@ class ArrayDataset(Dataset):
       batch['inputs'] = self._augment(batch['inputs'], rng, local, batch_size)
     return batch
 
+  def rows_batch(self, step: int, indices: np.ndarray, mask: np.ndarray, process_index: int = 0,
+                 process_count: int = 1) -> Batch:
+    """The training rows at `indices` (a global batch, e.g. a Poisson sample) with their `mask`, this
+    process's slice, augmented as `train_batch` would (randomness from (seed, step))."""
+    train = self._splits['train']
+    size = len(indices)
+    local = host_slice(size, process_index, process_count)
+    batch = {k: v[indices[local]] for k, v in train.items()}
+    if self._augment is not None:
+      rng = np.random.default_rng([self._seed, step, 0, 7])
+      batch['inputs'] = self._augment(batch['inputs'], rng, local, size)
+    batch['mask'] = np.asarray(mask, np.float32)[local]
+    return batch
+
   def eval_batches(self, split, batch_size, process_index=0, process_count=1):
     return padded_batches(self._splits[split], batch_size, process_index, process_count)
 

@@ -46,11 +46,12 @@ def models(args, overrides):
   if not entries:
     print(f'no models under {args.model_base_path}')
     return
-  rows = [('MODEL', 'VERSION', 'TASK', 'INPUTS', 'SIZE', 'TEST METRICS')]
+  rows = [('MODEL', 'VERSION', 'TASK', 'INPUTS', 'SIZE', 'PRIVACY', 'TEST METRICS')]
   for e in entries:
     inputs = ' '.join(f'{k}:{v["dtype"]}{v["shape"]}' for k, v in e['inputs'].items()) or '-'
     metrics = ' '.join(f'{k[5:]}={v:.4g}' for k, v in e['metrics'].items()) or '-'
-    rows.append((e['name'], str(e['version']), e['task'], inputs, f'{e["size_bytes"] / 1e6:.2f} MB',
+    privacy = f'eps={e["epsilon"]:.3g}' if e.get('epsilon') is not None else '-'
+    rows.append((e['name'], str(e['version']), e['task'], inputs, f'{e["size_bytes"] / 1e6:.2f} MB', privacy,
                  metrics if 'error' not in e else e['error']))
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
   for r in rows:

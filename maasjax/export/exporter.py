@@ -212,6 +212,8 @@ def export_workdir(config, workdir: str, model_name: str, out: str, version: int
                               'batchable': sig.batchable}
                        for name, sig in sigs.items()},
         'metrics': {k: v for k, v in summary.items() if k.startswith(('test/', 'eval/'))},
+        # The DP guarantee the weights were trained under (epsilon, delta, ...), or None: it travels with them.
+        'privacy': {k: v for k, v in summary.items() if k.startswith('privacy/')} or None,
         'parity': {'max_abs_diff': diffs, 'num_examples': examples[SERVING_DEFAULT]['num_examples'],
                    'examples': examples, 'tolerance': {n: s.tolerance for n, s in sigs.items()},
                    'checked_in': 'a separate TF process'},

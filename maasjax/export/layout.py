@@ -67,6 +67,7 @@ def catalog(base_path: str) -> list[dict[str, Any]]:
           'inputs': {k: {'shape': v['shape'], 'dtype': v['dtype']} for k, v in sig.get('inputs', {}).items()},
           'signatures': sorted(meta.get('signatures', {})), 'size_bytes': dir_size(vdir),
           'metrics': {k: v for k, v in meta.get('metrics', {}).items() if k.startswith('test/')},
+          'epsilon': (meta.get('privacy') or {}).get('privacy/epsilon'),  # None: not trained privately
           'has_saved_model': os.path.exists(os.path.join(vdir, 'saved_model.pb')),
           **({'error': meta['error']} if 'error' in meta else {})})
   return entries

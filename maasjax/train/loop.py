@@ -43,6 +43,8 @@ class Experiment:
   tx: Any
   mesh: Any
   steps: CompiledSteps
+  privacy: Any = None  # maasjax.privacy.plan.PrivacyPlan when config.privacy.enabled
+
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -81,8 +83,54 @@ def setup(config: ml_collections.ConfigDict, dataset: Dataset | None = None) -> 
     if task_shards_batch and config[key] % multiple:
       raise ConfigError(f'config.{key}={config[key]} must be a multiple of the {multiple} devices on the batch '
                         f'axes of config.mesh={dict(mesh.shape)}')
-  steps = compile_steps(model, task, tx, int(config.seed), mesh, sharding.plan(config))
-  return Experiment(config, dataset, task, model, tx, mesh, steps)
+  privacy = _privacy_plan(config, dataset, task, multiple)
+  steps = compile_steps(model, task, tx, int(config.seed), mesh, sharding.plan(config),
+                        privacy=privacy.step_settings() if privacy else None)
+  if privacy and jax.tree.leaves(steps.abstract_state.model_state):
+    raise ConfigError(f'config.privacy.enabled with model {config.model.name!r}: its BatchNorm statistics mix the '
+                      'examples of a batch, so per-example gradients are not private; use a model without '
+                      'BatchNorm (e.g. experiments/digits_mlp_dp.py)')
+  return Experiment(config, dataset, task, model, tx, mesh, steps, privacy)
+
+
+def _privacy_plan(config, dataset, task, multiple: int):
+  from maasjax.privacy.plan import plan
+  if not (config.get('privacy') and config.privacy.get('enabled', False)):
+    return None
+  if task.replicate_batch or not hasattr(dataset, 'rows_batch'):
+    raise ConfigError(f'config.privacy.enabled: DP-SGD samples individual training examples; dataset '
+                      f'{dataset.info.name!r} ({dataset.info.task}) is not held as rows in memory')
+  return plan(config, len(dataset.split_arrays('train')['labels']), multiple)
+
+
+def _announce_privacy(plan, num_steps: int) -> None:
+  eps = plan.metrics(num_steps)['privacy/epsilon']
+  noise = (f'noise multiplier {plan.noise_multiplier:.4g} (calibrated for target epsilon {plan.target_epsilon:g})'
+           if plan.target_epsilon > 0 else f'noise multiplier {plan.noise_multiplier:.4g}')
+  print(f'DP-SGD: clip {plan.l2_norm_clip:g}, {noise}, sampling rate q={plan.sampling_rate:.4g}; after '
+        f'{num_steps} steps epsilon={eps:.3g} at delta={plan.delta:.3g} ({plan.accountant.upper()} accountant)',
+        flush=True)
+  if plan.sampling == 'poisson':
+    print(f'DP-SGD: Poisson batches of {plan.batch_size} expected examples, padded to {plan.max_batch_size} rows; '
+          f'a sample larger than that (probability {plan.overflow_probability:.2g} per step) drops its extra '
+          f'examples', flush=True)
+  else:
+    print('DP-SGD: sampling=fixed (shuffled fixed-size batches): epsilon is computed as if batches were '
+          'Poisson-sampled, which fixed batches do not satisfy; use sampling=poisson for the stated guarantee',
+          flush=True)
+
+
+def private_batch(exp: Experiment, step: int) -> dict:
+  """This process's rows of a DP-SGD batch: a Poisson sample of (seed, step), or the usual fixed batch; both
+  carry 'mask' (1 for real rows)."""
+  from maasjax.privacy.sampling import poisson_indices
+  plan, config = exp.privacy, exp.config
+  if plan.sampling == 'poisson':
+    indices, mask, _ = poisson_indices(int(config.seed), step, plan.num_examples, plan.sampling_rate,
+                                       plan.max_batch_size)
+    return exp.dataset.rows_batch(step, indices, mask, jax.process_index(), jax.process_count())
+  local = exp.dataset.train_batch(step, config.batch_size, jax.process_index(), jax.process_count())
+  return dict(local, mask=np.ones(len(local['labels']), np.float32))
 
 
 def evaluate_split(exp: Experiment, state: TrainState, split: str, prefix: str | None = None) -> dict[str, float]:
@@ -273,6 +321,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset:
       return previous
   elif resumed and is_main:
     print(f'{workdir}: resuming from the checkpoint at step {start_step} of {num_steps}', flush=True)
+  if exp.privacy and is_main:
+    _announce_privacy(exp.privacy, num_steps)
   log = _Log(workdir, config, start_step, active=is_main)
   all_finite = _all_finite_fn()
   pending: list[dict] = []  # device-side metric sums not yet pulled to the host
@@ -282,7 +332,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset:
   window_start, window_step, window_excluded = loop_start, start_step, 0.0
   try:
     for step in range(start_step, num_steps):
-      local = exp.dataset.train_batch(step, config.batch_size, jax.process_index(), jax.process_count())
+      local = (private_batch(exp, step) if exp.privacy else
+               exp.dataset.train_batch(step, config.batch_size, jax.process_index(), jax.process_count()))
       state, sums = exp.steps.train_step(state, parallel.global_batch(exp.mesh, local, exp.steps.batch_sharding))
       pending.append(sums)
       done = step + 1
@@ -295,6 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset:
         totals = {k: sum(float(h[k]) for h in host) for k in host[0]}
         metrics = {f'train/{k}': v for k, v in exp.task.finalize(totals).items()}
         metrics['train/grad_norm'] = float(host[-1]['grad_norm'])
+        if exp.privacy:  # the share of examples whose gradient the clip shortened
+          metrics['privacy/clipped_fraction'] = totals['clipped'] / max(totals['examples'], 1.0)
         if not all(math.isfinite(v) for v in metrics.values()):
           raise TrainingDiverged(
               f'training diverged at step {done}: {metrics}. The last complete checkpoint '
@@ -307,6 +360,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset:
         pending = []
         if done % config.eval_every_steps == 0 or done == num_steps:
           metrics.update(evaluate_split(exp, state, 'validation', 'eval'))
+          if exp.privacy:
+            metrics.update(exp.privacy.metrics(done))
         log.write(done, metrics)
         spent = time.time() - now
         excluded, window_excluded = excluded + spent, window_excluded + spent
@@ -347,10 +402,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset:
       'platform': jax.devices()[0].platform,
       'mesh': dict(exp.mesh.shape),
   }
+  if exp.privacy:
+    summary.update(exp.privacy.metrics(summary['steps']))
   if is_main:
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)
     plot_learning_curves(workdir)
+    if exp.privacy:
+      from maasjax.privacy.membership import write_report
+      write_report(exp, state, workdir, summary)
   return summary
 
 

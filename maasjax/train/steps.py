@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -39,6 +40,37 @@ def make_train_step(model, task, tx: optax.GradientTransformation, seed: int):
   return train_step
 
 
+def make_private_train_step(model, task, tx: optax.GradientTransformation, seed: int, l2_norm_clip: float,
+                            noise_multiplier: float, expected_batch_size: float):
+  """DP-SGD: per-example gradients (vmap), clipped, summed over the batch's real rows ('mask'), noised once
+  and divided by the expected batch size (maasjax.privacy.dpsgd). BatchNorm-free models only: batch
+  statistics would mix examples. Dropout keys are per example; the noise key is fold_in(seed, step)."""
+  from maasjax.privacy.dpsgd import private_gradient
+
+  def example_loss(params, example, key):
+    one = jax.tree.map(lambda x: x[None], example)
+    outputs = task.forward(model, {'params': params}, one, train=True, rngs={'dropout': key})
+    return task.loss_and_sums(outputs, one)
+
+  per_example = jax.vmap(jax.value_and_grad(example_loss, has_aux=True), in_axes=(None, 0, 0))
+
+  def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    step_key = jax.random.fold_in(jax.random.key(seed), state.step)
+    dropout_key, noise_key = jax.random.split(step_key)
+    rows = batch['mask'].shape[0]
+    keys_B = jax.vmap(lambda i: jax.random.fold_in(dropout_key, i))(jnp.arange(rows))
+    (_, sums_B), grads_B = per_example(state.params, batch, keys_B)
+    grads, norms_B = private_gradient(grads_B, batch['mask'], noise_key, l2_norm_clip, noise_multiplier,
+                                      expected_batch_size)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    sums = {k: jnp.sum(v) for k, v in sums_B.items()}
+    sums.update(grad_norm=optax.global_norm(grads), examples=jnp.sum(batch['mask']),
+                clipped=jnp.sum((norms_B > l2_norm_clip) * batch['mask']))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), sums
+  return train_step
+
+
 def make_eval_step(model, task):
   def eval_step(state: TrainState, batch) -> dict[str, jax.Array]:
     variables = {'params': state.params, **state.model_state}
@@ -59,8 +91,11 @@ class CompiledSteps:
   batch_sharding: NamedSharding = None  # where a global batch goes (sharded, or replicated by the task)
 
 
-def compile_steps(model, task, tx, seed: int, mesh: Mesh, rules=()) -> CompiledSteps:
-  """The lm1b recipe: eval_shape(init) -> shardings from rules -> jit(init/train/eval)."""
+def compile_steps(model, task, tx, seed: int, mesh: Mesh, rules=(), privacy: dict | None = None) -> CompiledSteps:
+  """The lm1b recipe: eval_shape(init) -> shardings from rules -> jit(init/train/eval).
+
+  `privacy` ({'l2_norm_clip', 'noise_multiplier', 'expected_batch_size'}) makes the train step DP-SGD's.
+  """
   init_fn = make_init_fn(model, task, tx, seed)
   shapes = jax.eval_shape(init_fn)
   shardings = state_shardings(shapes, mesh, rules)
@@ -68,7 +103,9 @@ def compile_steps(model, task, tx, seed: int, mesh: Mesh, rules=()) -> CompiledS
   rep = NamedSharding(mesh, P())
   batch_sh = rep if task.replicate_batch else parallel.batch_sharding(mesh)
   init = jax.jit(init_fn, out_shardings=shardings)
-  train_step = jax.jit(make_train_step(model, task, tx, seed), in_shardings=(shardings, batch_sh),
+  step_fn = (make_private_train_step(model, task, tx, seed, **privacy) if privacy
+             else make_train_step(model, task, tx, seed))
+  train_step = jax.jit(step_fn, in_shardings=(shardings, batch_sh),
                        out_shardings=(shardings, rep), donate_argnums=0)
   eval_step = jax.jit(make_eval_step(model, task), in_shardings=(shardings, batch_sh), out_shardings=rep)
   return CompiledSteps(mesh, abstract, shardings, init, train_step, eval_step, batch_sh)
