@@ -9,6 +9,9 @@ import sys
 # with it (6 s -> 2 s per CNN init here). Values differ from the default but are just as random;
 # set before jax is imported so subprocesses started by tests inherit it.
 os.environ.setdefault('JAX_THREEFRY_PARTITIONABLE', 'false')
+# As the CLI does (maasjax/cli.py): no TF start-up banners in test output.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 import jax  # noqa: E402
 import pytest

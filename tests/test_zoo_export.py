@@ -137,3 +137,38 @@ def test_serve_graph_arrays_and_lm_generate(zoo):
     assert meta['parameters']['tokenizer']['vocab_size'] == vocab
     assert client.get('/v1/models/char-lm/metadata').json()['metadata']['tokenizer']['vocab_size'] == vocab
     assert {o['name']: o['shape'] for o in meta['outputs']}['logits'] == [-1, -1, vocab]
+
+
+@pytest.mark.slow
+def test_requests_of_new_shapes_reuse_a_few_warmed_up_buckets(zoo):
+  """Sequence lengths from 1 to 40 and graphs of 3 to 39 nodes reach the compiled function only at padded
+  shapes that were warmed up at load, and every answer equals the unpadded call's. (The SavedModel backend
+  goes through the same padding: maasjax.serve.backends.LoadedModel.)"""
+  backend = 'jax'
+  from maasjax.serve.backends import BACKENDS
+  base, out = zoo
+  lm = BACKENDS[backend](out['char_lm'][2].path, 'char-lm', 1)
+  gcn = BACKENDS[backend](out['karate_gcn'][2].path, 'karate-gcn', 1)
+  seen, unpadded = [], {}
+  for name, model in (('lm', lm), ('gcn', gcn)):
+    unpadded[name] = inner = model.run.inner
+    model.run.inner = lambda sig, x, inner=inner: seen.append(
+        (sig, tuple(sorted((k, v.shape) for k, v in x.items())))) or inner(sig, x)
+    model.warm_up([1, 2])
+  warmed = set(seen)
+  rng = np.random.default_rng(0)
+  for length in (1, 3, 8, 9, 17, 31, 40):
+    tokens = rng.integers(1, 20, size=(2, length)).astype(np.int32)
+    got = lm.run('serving_default', {'tokens': tokens})['logits']
+    assert got.shape[:2] == (2, length)
+    np.testing.assert_allclose(got, unpadded['lm']('serving_default', {'tokens': tokens})['logits'], atol=1e-5)
+  for n in (3, 20, 39):
+    senders = np.arange(n - 1, dtype=np.int32)
+    graph = {'nodes': np.eye(34, dtype=np.float32)[np.arange(n) % 34], 'edges': np.ones((2 * (n - 1), 1), np.float32),
+             'senders': np.concatenate([senders, senders + 1]), 'receivers': np.concatenate([senders + 1, senders]),
+             'n_node': np.array([n], np.int32), 'n_edge': np.array([2 * (n - 1)], np.int32)}
+    got = gcn.run('serving_default', graph)['logits']
+    assert got.shape == (n, 2)
+    np.testing.assert_allclose(got, unpadded['gcn']('serving_default', graph)['logits'], atol=1e-5)
+  requested = set(seen) - warmed
+  assert not requested, requested  # no shape that was not compiled at load

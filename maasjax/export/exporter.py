@@ -73,9 +73,9 @@ def count_examples(sig: Signature, inputs: dict[str, np.ndarray], batch) -> tupl
   return 1, 'requests'
 
 
-def output_shapes(sig: Signature, variables, inputs: dict[str, np.ndarray]) -> dict[str, list[int]]:
-  """Each output's shape with -1 for every axis that varies with an input's polymorphic axes (the batch, an
-  LM's sequence length, a graph's nodes), traced with the signature's symbolic shapes as jax2tf does."""
+def shape_axes(sig: Signature, variables, inputs: dict[str, np.ndarray]) -> tuple[dict, dict]:
+  """(inputs, outputs): each tensor's axes, a symbol ('b', 't', 'n', ...) where the size varies with the
+  request, else the fixed size. A server pads the symbols' axes to buckets and cuts the outputs back."""
   import jax
   from jax import export
   scope = export.SymbolicScope()
@@ -83,7 +83,8 @@ def output_shapes(sig: Signature, variables, inputs: dict[str, np.ndarray]) -> d
   args = {k: jax.ShapeDtypeStruct(export.symbolic_shape(poly[k], like=v.shape, scope=scope), v.dtype)
           for k, v in inputs.items()}
   out = jax.eval_shape(sig.fn, variables, args)
-  return {k: [d if isinstance(d, int) else -1 for d in v.shape] for k, v in out.items()}
+  axes = lambda shape: [d if isinstance(d, int) else str(d) for d in shape]
+  return ({k: axes(v.shape) for k, v in args.items()}, {k: axes(v.shape) for k, v in out.items()})
 
 
 def tokenizer_metadata(info) -> dict | None:
@@ -166,14 +167,15 @@ def export_workdir(config, workdir: str, model_name: str, out: str, version: int
   variables = jax.device_get({'params': state.params, **state.model_state})
 
   # The JAX reference, computed before any TF tracing, with the same jit path training used.
-  inputs, jax_out, examples, out_shapes = {}, {}, {}, {}
+  inputs, jax_out, examples, out_shapes, axes = {}, {}, {}, {}, {}
   for name, sig in sigs.items():
     x, count, unit = heldout_inputs(exp, sig, parity_examples)
     examples[name] = {'num_examples': count, 'unit': unit}
     inputs.update({f'{name}/{k}': v for k, v in x.items()})
     y = jax.device_get(jax.jit(sig.fn)(variables, x))
     jax_out.update({f'{name}/{k}': np.asarray(v) for k, v in y.items()})
-    out_shapes[name] = output_shapes(sig, variables, x)
+    axes[name] = shape_axes(sig, variables, x)
+    out_shapes[name] = {k: [-1 if isinstance(d, str) else d for d in v] for k, v in axes[name][1].items()}
 
   module = JaxModule(
       variables, {name: sig.fn for name, sig in sigs.items()},
@@ -209,7 +211,9 @@ def export_workdir(config, workdir: str, model_name: str, out: str, version: int
                               'outputs': {k.split('/', 1)[1]: {'shape': out_shapes[name][k.split('/', 1)[1]],
                                                                'dtype': str(v.dtype)}
                                           for k, v in jax_out.items() if k.startswith(name + '/')},
-                              'batchable': sig.batchable}
+                              'batchable': sig.batchable,
+                              # symbol per variable axis ('b' batch, 't' length, 'n'/'e'/'g' graph sizes)
+                              'input_axes': axes[name][0], 'output_axes': axes[name][1]}
                        for name, sig in sigs.items()},
         'metrics': {k: v for k, v in summary.items() if k.startswith(('test/', 'eval/'))},
         # The DP guarantee the weights were trained under (epsilon, delta, ...), or None: it travels with them.

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from maasjax.export import layout
+from maasjax.serve.shapes import ShapeBuckets, bucketed
 from maasjax.spec import TensorSpec
 
 
@@ -33,13 +34,29 @@ class LoadedModel:
   run: Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
   batchers: dict[str, Any] = dataclasses.field(default_factory=dict)  # filled by the app, in its event loop
   handle: Any = None  # keeps the loaded SavedModel alive (its signatures hold weak references)
+  # Signatures with variable axes besides the batch, padded to shape buckets (maasjax.serve.shapes).
+  buckets: dict[str, ShapeBuckets] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    for sig_name in self.signatures:
+      b = ShapeBuckets.for_signature(_meta_signature(self.metadata, sig_name))
+      if b is not None:
+        self.buckets[sig_name] = b
+    if self.buckets:
+      self.run = bucketed(self.run, self.buckets)
 
   def warm_up(self, batch_sizes: list[int]) -> None:
-    """Runs every signature once per batch size (zeros), so no request pays for a compile."""
+    """Runs every signature once per batch size and per shape bucket (zeros), so requests of the usual shapes
+    never wait for a compile."""
     for sig_name, sig in self.signatures.items():
-      sizes = batch_sizes if sig.batchable else [1]
-      for b in sizes:
-        self.run(sig_name, {k: np.zeros((b,) + tuple(d or 1 for d in s.shape[1:]), s.dtype)
+      b = self.buckets.get(sig_name)
+      if b is not None:
+        for request in b.warmup_requests(sig.inputs):
+          self.run(sig_name, request)
+        if b.graph:
+          continue
+      for rows in (batch_sizes if sig.batchable else [1]):
+        self.run(sig_name, {k: np.zeros((rows,) + tuple(d or 1 for d in s.shape[1:]), s.dtype)
                             for k, s in sig.inputs.items()})
 
 
