@@ -1,7 +1,6 @@
 """Optimizers and schedules from config: every name trains, schedules have the right shape."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest

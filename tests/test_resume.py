@@ -4,7 +4,6 @@ These run with JAX's default RNG mode (jax_threefry_partitionable true, what use
 mode the rest of the suite uses to compile faster (tests/conftest.py).
 """
 import os
-import shutil
 import signal
 import subprocess
 import sys
