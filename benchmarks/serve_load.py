@@ -119,7 +119,7 @@ def main():
   p.add_argument('--max-batch-size', type=int, default=32)
   p.add_argument('--batch-timeout-ms', default='1')
   p.add_argument('--workers', type=int, default=1, help='server processes (maasjax serve --workers)')
-  p.add_argument('--backend', default='savedmodel', choices=('savedmodel', 'jax'))
+  p.add_argument('--backend', default='jax', choices=('jax', 'savedmodel'))
   p.add_argument('--buckets', help='batch sizes calls are padded to (maasjax serve --buckets)')
   args = p.parse_args()
   if not os.path.isdir(os.path.join(args.model_base_path, args.model)):

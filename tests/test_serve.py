@@ -22,8 +22,8 @@ KEY_RESNET = 'k-resnet-0123456789abcdef'
 def server(exported):
   """The SavedModel server; `srv.while_loading` holds what it answered the moment its port opened."""
   write_broken_version(exported['base'], 'broken', 1)
-  srv = ServerProcess(exported['base'], '--max-batch-size', '8', '--buckets', '1,8', '--batch-timeout-ms', '5',
-                      '--max-body-bytes', '200000', wait='live')
+  srv = ServerProcess(exported['base'], '--backend', 'savedmodel', '--max-batch-size', '8', '--buckets', '1,8',
+                      '--batch-timeout-ms', '5', '--max-body-bytes', '200000', wait='live')
   srv.while_loading = {'status': httpx.get(srv.url + '/v1/models/digits_resnet').json(),
                        'ready': httpx.get(srv.url + '/v2/health/ready').status_code,
                        'model_ready': httpx.get(srv.url + '/v2/models/digits_resnet/ready').status_code,

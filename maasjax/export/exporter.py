@@ -18,7 +18,7 @@ from importlib import metadata as pkg_metadata
 import numpy as np
 
 from maasjax.config import ConfigError
-from maasjax.export import layout
+from maasjax.export import layout, portable
 from maasjax.export.signatures import signatures_for
 from maasjax.spec import SERVING_DEFAULT, Signature
 
@@ -192,6 +192,14 @@ def export_workdir(config, workdir: str, model_name: str, out: str, version: int
     ExportManager(module, serving).save(tmp)
     tf_out = run_in_plain_tf(tmp, inputs)
     diffs, failures = compare(jax_out, tf_out, {n: s.tolerance for n, s in sigs.items()})
+    # The JAX artifact beside it (what the default server backend runs), checked the same way.
+    x_by_sig = {name: {k.split('/', 1)[1]: v for k, v in inputs.items() if k.startswith(name + '/')} for name in sigs}
+    portable.write(tmp, sigs, variables, x_by_sig, tuple(platforms))
+    art_vars, art_fns = portable.load(tmp, list(sigs))
+    art_out = {f'{name}/{k}': np.asarray(v) for name in sigs
+               for k, v in jax.device_get(art_fns[name](art_vars, x_by_sig[name])).items()}
+    art_diffs, art_failures = compare(jax_out, art_out, {n: s.tolerance for n, s in sigs.items()})
+    failures += [f'jax.export module: {f}' for f in art_failures]
     if failures:
       raise ParityError(f'export of {workdir} refused: the SavedModel reloaded in TF does not reproduce JAX on '
                         f'{examples[SERVING_DEFAULT]["num_examples"]} held-out {examples[SERVING_DEFAULT]["unit"]}:'
@@ -218,9 +226,12 @@ def export_workdir(config, workdir: str, model_name: str, out: str, version: int
         'metrics': {k: v for k, v in summary.items() if k.startswith(('test/', 'eval/'))},
         # The DP guarantee the weights were trained under (epsilon, delta, ...), or None: it travels with them.
         'privacy': {k: v for k, v in summary.items() if k.startswith('privacy/')} or None,
+        'jax_artifact': {'modules': {name: os.path.relpath(portable.module_path('.', name)) for name in sigs},
+                         'variables': os.path.join(portable.JAX_DIR, portable.VARIABLES_FILE),
+                         'max_abs_diff': art_diffs},
         'parity': {'max_abs_diff': diffs, 'num_examples': examples[SERVING_DEFAULT]['num_examples'],
                    'examples': examples, 'tolerance': {n: s.tolerance for n, s in sigs.items()},
-                   'checked_in': 'a separate TF process'},
+                   'checked_in': 'SavedModel: a separate TF process; jax.export module: the exporting process'},
     }
     tokenizer = tokenizer_metadata(exp.dataset.info)
     if tokenizer:

@@ -1,11 +1,13 @@
 """A loaded model version: its signatures (input specs, outputs) and a `run(signature, inputs)` call.
 
-Two backends give the same outputs: the exported SavedModel run by TF (what production runs),
-and the JAX function rebuilt from the checkpoint the export recorded (`--backend jax`).
+Two backends give the same outputs from the version folder alone: the JAX artifact (jax.export modules and
+variables, the default: faster per call) and the SavedModel run by TF (`--backend savedmodel`: what TF
+Serving and KServe run).
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any, Callable
 
@@ -14,6 +16,8 @@ import numpy as np
 from maasjax.export import layout
 from maasjax.serve.shapes import ShapeBuckets, bucketed
 from maasjax.spec import TensorSpec
+
+log = logging.getLogger('maasjax.serve')
 
 
 @dataclasses.dataclass
@@ -99,26 +103,23 @@ def load_savedmodel(path: str, name: str, version: int) -> LoadedModel:
 
 
 def load_jax(path: str, name: str, version: int) -> LoadedModel:
-  """Rebuilds the JAX function from the checkpoint recorded in the export's metadata."""
+  """The version's own JAX artifact (jax.export modules + variables.npz, maasjax.export.portable): no
+  training code, no workdir, no jax.distributed. A version exported before the artifact existed is served
+  from its SavedModel, with a log line."""
   import jax
-  import ml_collections
-  from maasjax.export.signatures import signatures_for
-  from maasjax.train.loop import restore_latest
+  from maasjax.export import portable
   meta = layout.read_metadata(path)
-  if not meta or 'checkpoint' not in meta:
-    raise ValueError(f'{path} has no {layout.METADATA_PATH} naming its checkpoint; --backend jax serves only '
-                     'models written by maasjax export')
-  ckpt = meta['checkpoint']
-  exp, state, _ = restore_latest(ml_collections.ConfigDict(meta['config']), ckpt['workdir'], ckpt['step'])
-  variables = jax.device_get({'params': state.params, **state.model_state})
-  jax_sigs = signatures_for(exp.task, exp.model)
-  fns, sigs = {}, {}
-  for sig_name, sig in jax_sigs.items():
-    inputs = dict(sig.inputs)
+  if not meta or not portable.has_artifact(path):
+    log.warning('model %s version %d has no JAX artifact (%s/): serving its SavedModel instead', name, version,
+                portable.JAX_DIR)
+    return load_savedmodel(path, name, version)
+  variables, fns = portable.load(path, list(meta['signatures']))
+  sigs = {}
+  for sig_name, recorded in meta['signatures'].items():
+    inputs = {k: TensorSpec.from_dict(v) for k, v in recorded['inputs'].items()}
     outputs = {k: (tuple(None if d < 0 else d for d in o['shape']), np.dtype(o['dtype']))
-               for k, o in _meta_signature(meta, sig_name).get('outputs', {}).items()}
-    sigs[sig_name] = ServableSignature(inputs, outputs, sig.batchable)
-    fns[sig_name] = jax.jit(sig.fn)
+               for k, o in recorded.get('outputs', {}).items()}
+    sigs[sig_name] = ServableSignature(inputs, outputs, bool(recorded.get('batchable', True)))
 
   def run(sig_name, inputs):
     return {k: np.asarray(v) for k, v in jax.device_get(fns[sig_name](variables, inputs)).items()}

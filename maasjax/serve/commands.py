@@ -8,8 +8,9 @@ def add_args(p):
   p.add_argument('--model-base-path', required=True, help='folder of NAME/VERSION/ SavedModels (maasjax export --out)')
   p.add_argument('--host', default='127.0.0.1', help='address to listen on (default 127.0.0.1: this machine only)')
   p.add_argument('--port', type=int, default=8501, help='port (default 8501, as TF Serving\'s REST port)')
-  p.add_argument('--backend', default='savedmodel', choices=('savedmodel', 'jax'),
-                 help='run the SavedModel (default) or the JAX function from the recorded checkpoint')
+  p.add_argument('--backend', default='jax', choices=('jax', 'savedmodel'),
+                 help='jax (default: the version folder\'s jax.export artifact, faster per call) or savedmodel (the TF '
+                      'SavedModel, as TF Serving runs it)')
   p.add_argument('--version-policy', default='latest', help='latest | latest:N | all | specific:V1,V2 (default latest)')
   p.add_argument('--max-batch-size', type=int, default=32, help='rows per model call (default 32)')
   p.add_argument('--batch-timeout-ms', type=float, default=1.0,

@@ -112,7 +112,7 @@ def _fingerprint(path: str) -> tuple:
 
 
 class Repository:
-  def __init__(self, base_path: str, policy: VersionPolicy = VersionPolicy(), backend: str = 'savedmodel',
+  def __init__(self, base_path: str, policy: VersionPolicy = VersionPolicy(), backend: str = 'jax',
                warmup_batch_sizes: tuple[int, ...] = (1,), on_event: Callable[[str, str], None] | None = None,
                on_unload: Callable[[LoadedModel], None] | None = None):
     layout.list_models(base_path)  # a clear error now if the base path is wrong

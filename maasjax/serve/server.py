@@ -31,7 +31,7 @@ PROMETHEUS_DIR_ENV = 'PROMETHEUS_MULTIPROC_DIR'
 
 
 def build(base_path: str, settings: ServeSettings, policy: VersionPolicy = VersionPolicy(),
-          backend: str = 'savedmodel'):
+          backend: str = 'jax'):
   """The app and its repository (warm-up runs every bucket size, so no request waits for a compile)."""
   from maasjax.serve.metrics import ServerMetrics
   metrics = ServerMetrics(settings.max_batch_size)
@@ -114,7 +114,7 @@ def worker_app():
 
 
 def serve(base_path: str, settings: ServeSettings, host: str = '127.0.0.1', port: int = 8501,
-          policy: VersionPolicy = VersionPolicy(), backend: str = 'savedmodel', log_level: str = 'info',
+          policy: VersionPolicy = VersionPolicy(), backend: str = 'jax', log_level: str = 'info',
           graceful_timeout_s: float = 30.0, workers: int = 1, api_keys_path: str | None = None,
           on_listening=None) -> None:
   """Serves until SIGTERM or Ctrl-C. With `workers > 1`, `api_keys_path` (or $MAASJAX_API_KEYS) is
