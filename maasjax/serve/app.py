@@ -44,6 +44,9 @@ class ServeSettings:
   poll_seconds: float = 2.0
   model_threads: int = 1
   api_keys: ApiKeys | None = None
+  # Load every version before taking a request: a worker restarted beside others that already serve (its
+  # connections wait in its socket's queue meanwhile instead of meeting 503s).
+  load_before_serving: bool = False
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -124,9 +127,13 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
   @contextlib.asynccontextmanager
   async def lifespan(app):
     state['loop'] = asyncio.get_running_loop()
-    # The port opens at once: versions found are LOADING (v1 status, v2 ready 503) until loaded and warmed.
-    repo.mark_loading()
-    repo.start_watching(settings.poll_seconds, poll_first=True)
+    if settings.load_before_serving:
+      await state['loop'].run_in_executor(None, repo.poll)
+      repo.start_watching(settings.poll_seconds)
+    else:
+      # The port opens at once: versions found are LOADING (v1 status, v2 ready 503) until loaded and warmed.
+      repo.mark_loading()
+      repo.start_watching(settings.poll_seconds, poll_first=True)
     yield
     repo.stop()
     executor.shutdown(wait=True)

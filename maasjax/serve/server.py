@@ -27,6 +27,7 @@ from maasjax.serve.app import ServeSettings, create_app
 from maasjax.serve.repository import Repository, VersionPolicy
 
 SPEC_ENV = 'MAASJAX_SERVE_SPEC'  # how the supervisor hands a worker process its settings
+RESTARTED_ENV = 'MAASJAX_WORKER_RESTARTED'  # '1' for a worker that replaces one that died
 PROMETHEUS_DIR_ENV = 'PROMETHEUS_MULTIPROC_DIR'
 
 
@@ -107,7 +108,8 @@ def worker_app():
   spec = json.loads(os.environ[SPEC_ENV])
   configure_logging(spec['log_level'], worker=True)
   settings = dict(spec['settings'], buckets=tuple(spec['settings']['buckets']),
-                  api_keys=ApiKeys.load(spec['api_keys_path']))
+                  api_keys=ApiKeys.load(spec['api_keys_path']),
+                  load_before_serving=os.environ.get(RESTARTED_ENV) == '1')
   policy = VersionPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec['policy'].items()})
   app, _ = build(spec['base_path'], ServeSettings(**settings), policy, spec['backend'])
   return app
@@ -132,19 +134,56 @@ def serve(base_path: str, settings: ServeSettings, host: str = '127.0.0.1', port
     _Server(uvicorn.Config(app, **common)).run(sockets=sockets)
     return
   from uvicorn.supervisors.multiprocess import Multiprocess, Process
+  from uvicorn.config import STARTUP_FAILURE
 
   class Supervisor(Multiprocess):
-    def init_processes(self) -> None:  # worker i gets socket i (a restarted worker listens on all of them)
-      for i in range(self.processes_num):
-        process = Process(self.config, [self.sockets[i]])
-        process.start()
-        self.processes.append(process)
+    """uvicorn's supervisor, but worker i always gets socket i alone: a worker that dies is replaced on its
+    own SO_REUSEPORT socket (uvicorn's would listen on all of them), and the replacement loads and warms
+    its models before accepting, while connections wait in that socket's queue."""
+
+    def _start(self, i: int, restarted: bool) -> Process:
+      os.environ[RESTARTED_ENV] = '1' if restarted else '0'  # read by worker_app in the new process
+      process = Process(self.config, [self.sockets[i]])
+      process.start()
+      return process
+
+    def init_processes(self) -> None:
+      self.processes = [self._start(i, restarted=False) for i in range(self.processes_num)]
+
+    def keep_subprocess_alive(self) -> None:
+      for i, process in enumerate(self.processes):
+        if self.should_exit.is_set():
+          return
+        if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+          continue
+        process.kill()  # dead, or hung: either way replaced
+        process.join()
+        if process.exitcode == STARTUP_FAILURE:  # the app cannot start: a restart would fail the same way
+          logging.getLogger('maasjax.serve').error('worker %s failed to start; stopping', process.pid)
+          self.should_exit.set()
+          return
+        logging.getLogger('maasjax.serve').warning('worker %s (socket %d) died with exit code %s; restarting it',
+                                                   process.pid, i, process.exitcode)
+        self.processes[i] = self._start(i, restarted=True)
+
+    def restart_all(self) -> None:  # SIGHUP: one at a time, each on its own socket
+      for i, old in enumerate(self.processes):
+        if self.should_exit.is_set():
+          return
+        new = self._start(i, restarted=True)
+        if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+          new.kill()
+          new.join()
+          return
+        old.terminate()
+        old.join()
+        self.processes[i] = new
 
   spec = {'base_path': base_path, 'backend': backend, 'log_level': log_level, 'api_keys_path': api_keys_path,
           'policy': dataclasses.asdict(policy),
           'settings': {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != 'api_keys'}}
   metrics_dir = tempfile.mkdtemp(prefix='maasjax-metrics-')
-  saved = {k: os.environ.get(k) for k in (SPEC_ENV, PROMETHEUS_DIR_ENV)}
+  saved = {k: os.environ.get(k) for k in (SPEC_ENV, PROMETHEUS_DIR_ENV, RESTARTED_ENV)}
   os.environ[SPEC_ENV] = json.dumps(spec)
   os.environ[PROMETHEUS_DIR_ENV] = metrics_dir  # the workers (spawned) import prometheus_client after this
   try:
