@@ -61,7 +61,8 @@ def exported(tmp_path_factory):
 
 
 # Tests sharing the session's exported models run in one pytest-xdist process.
-EXPORTED_MODULES = {'test_export.py', 'test_serve.py', 'test_serve_reload.py', 'test_portable.py', 'test_worker_restart.py'}
+EXPORTED_MODULES = {'test_export.py', 'test_serve.py', 'test_serve_reload.py', 'test_portable.py', 'test_worker_restart.py',
+                    'test_onnx.py'}
 
 
 def pytest_itemcollected(item):

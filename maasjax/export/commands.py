@@ -15,10 +15,13 @@ def export_args(p):
   p.add_argument('--step', type=int, help='checkpoint step (default: the latest)')
   p.add_argument('--platforms', default='cpu,cuda,tpu', help='platforms to lower for (default: cpu,cuda,tpu)')
   p.add_argument('--parity-examples', type=int, default=64, help='held-out inputs for the parity check')
+  p.add_argument('--format', default='savedmodel', choices=('savedmodel', 'onnx'),
+                 help='savedmodel (default: TF Serving layout, with the JAX artifact beside it) or onnx '
+                      '(Triton model repository: OUT/NAME/VERSION/model.onnx + OUT/NAME/config.pbtxt)')
+  p.add_argument('--max-batch-size', type=int, default=32, help='onnx: max_batch_size in config.pbtxt')
 
 
 def export(args, overrides):
-  from maasjax.export.exporter import export_workdir
   platforms = tuple(p.strip() for p in args.platforms.split(',') if p.strip())
   unknown = sorted(set(platforms) - {'cpu', 'cuda', 'rocm', 'tpu'})
   if unknown or not platforms:
@@ -26,6 +29,16 @@ def export(args, overrides):
   if args.parity_examples < 1:
     raise ConfigError(f'--parity-examples {args.parity_examples}: expected a positive number of held-out inputs')
   config = load_workdir_config(args.workdir, args.config, overrides)
+  if args.format == 'onnx':
+    from maasjax.export.onnx import export_onnx
+    if args.max_batch_size < 1:
+      raise ConfigError(f'--max-batch-size {args.max_batch_size}: expected a positive integer')
+    result = export_onnx(config, args.workdir, args.model_name, args.out, args.version, args.parity_examples,
+                         args.step, args.max_batch_size)
+    print(f'exported {result.path} in {result.seconds:.1f} s; onnxruntime parity on {result.num_examples} held-out '
+          'inputs: ' + ', '.join(f'{k}={v:.2g}' for k, v in result.max_abs_diff.items()))
+    return
+  from maasjax.export.exporter import export_workdir
   result = export_workdir(config, args.workdir, args.model_name, args.out, args.version, platforms,
                           args.parity_examples, args.step)
   print(f'exported {result.path} in {result.seconds:.1f} s; parity on {result.num_examples} held-out inputs: '
