@@ -17,6 +17,10 @@ def _modules_after(code: str) -> list[str]:
 def test_the_library_never_imports_the_cli_and_training_never_imports_export():
   loaded = _modules_after('import maasjax.train.loop, maasjax.export.exporter, maasjax.serve.server')
   assert not [m for m in loaded if m == 'maasjax.cli' or m.startswith('maasjax.cli.')]
+  # Each area's command module too: the CLI imports them, never the reverse.
+  loaded = _modules_after('import maasjax.train.commands, maasjax.export.commands, maasjax.serve.commands, '
+                          'maasjax.generate, maasjax.privacy.commands')
+  assert 'maasjax.cli' not in loaded
   loaded = _modules_after('import maasjax.train.loop')
   assert 'maasjax.train.loop' in loaded
   assert not [m for m in loaded if m.startswith(('maasjax.export', 'maasjax.serve'))]
