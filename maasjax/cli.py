@@ -36,6 +36,10 @@ COMMANDS: dict[str, Command] = {
                      'serve every model under a base path over TF Serving REST v1 and Open Inference Protocol v2'),
     'generate': Command('maasjax.generate', 'add_args', 'run',
                         'sample a continuation from a trained language model (or an output from a seq2seq model)'),
+    'sweep': Command('maasjax.sweep.commands', 'sweep_args', 'sweep',
+                     'run a sweep of trials (config overrides), each its own maasjax train; then results'),
+    'results': Command('maasjax.sweep.commands', 'results_args', 'results',
+                       'tables (csv, markdown: mean ± std over seeds) and plots of a sweep folder'),
     'privacy-report': Command('maasjax.privacy.commands', 'add_args', 'run',
                               'membership-inference check of a trained workdir (AUC, advantage) beside its epsilon'),
 }

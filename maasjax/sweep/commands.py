@@ -1,0 +1,47 @@
+"""`maasjax sweep SWEEP.py --workdir DIR [--parallel N]` and `maasjax results DIR`."""
+from __future__ import annotations
+
+import json
+import os
+
+
+def sweep_args(p) -> None:
+  p.add_argument('sweep', nargs='?', help='a sweep file: CONFIG = "experiments/x.py" and get_sweep(h)')
+  p.add_argument('--config', help='instead of a sweep file: an experiment config that defines get_hyper(h)')
+  p.add_argument('--workdir', required=True, help='one folder per trial goes here, plus results.*')
+  p.add_argument('--parallel', type=int, default=1, help='trials at once on this machine (the cores are split)')
+  p.add_argument('--engine', default='local', choices=('local',),
+                 help='local (one maasjax train process per trial on this machine)')
+
+
+def sweep(args, overrides) -> None:
+  from maasjax.config import ConfigError
+  from maasjax.sweep import results, runner
+  if args.parallel < 1:
+    raise ConfigError(f'--parallel {args.parallel}: expected an integer >= 1')
+  base, trials = runner.load_sweep(args.sweep, args.config)
+  names = runner.trial_names(trials)
+  os.makedirs(args.workdir, exist_ok=True)
+  with open(os.path.join(args.workdir, 'sweep.json'), 'w') as f:
+    json.dump({'config': base, 'trials': dict(zip(names, trials))}, f, indent=2)
+  t0 = __import__('time').time()
+  outcome = runner.run_local(base, trials, args.workdir, args.parallel)
+  print(f'sweep: {len(outcome["done"])} trained, {len(outcome["skipped"])} already finished, '
+        f'{len(outcome["failed"])} failed, in {__import__("time").time() - t0:.1f} s', flush=True)
+  for name, tail in outcome['failed'].items():
+    print(f'sweep: FAILED {name}; the end of {os.path.join(args.workdir, name, "train.log")}:\n{tail}', flush=True)
+  if len(outcome['failed']) < len(trials):
+    paths = results.write(args.workdir)
+    print('sweep: wrote ' + ', '.join(paths.values()), flush=True)
+
+
+def results_args(p) -> None:
+  p.add_argument('workdir', help='a folder written by maasjax sweep')
+
+
+def results(args, overrides) -> None:
+  from maasjax.sweep import results as results_lib
+  paths = results_lib.write(args.workdir)
+  with open(paths['md']) as f:
+    print(f.read())
+  print('wrote ' + ', '.join(paths.values()))
