@@ -53,6 +53,27 @@ def run_cli(*args, env=None, timeout=600, cwd=ROOT):
                         capture_output=True, text=True, timeout=timeout)
 
 
+def saved_steps(workdir: str) -> list[int]:
+  """The complete checkpoint steps in a workdir (Orbax renames a step's folder into place when done)."""
+  d = os.path.join(workdir, 'checkpoints')
+  return sorted(int(x) for x in os.listdir(d) if x.isdigit()) if os.path.isdir(d) else []
+
+
+def sigkill_after_checkpoint(cmd, workdir: str, step: int, env=None, timeout: float = 300) -> None:
+  """Runs `cmd` (a maasjax train) and SIGKILLs it once a checkpoint at or past `step` is complete."""
+  import signal
+  import subprocess
+  import time
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  try:
+    while time.time() < deadline and proc.poll() is None and not any(s >= step for s in saved_steps(workdir)):
+      time.sleep(0.02)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture(scope='session')
 def exported(tmp_path_factory):
   """The digits CNN and ResNet, trained a few steps and exported once per session (serve_fixtures)."""

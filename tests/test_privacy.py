@@ -1,17 +1,15 @@
 """DP-SGD: the step's math, the sampler, the accounting, refusals, resume and the guarantee in the export."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, experiment_config, run_cli
+from conftest import ROOT, experiment_config, run_cli, saved_steps, sigkill_after_checkpoint
 from maasjax.privacy import accounting, dpsgd, sampling
 
 
@@ -96,11 +94,6 @@ def test_batchnorm_model_is_refused(tmp_path, capsys):
   assert 'BatchNorm statistics mix the examples' in capsys.readouterr().err
 
 
-def _saved(workdir):
-  d = os.path.join(workdir, 'checkpoints')
-  return sorted(int(x) for x in os.listdir(d) if x.isdigit()) if os.path.isdir(d) else []
-
-
 def test_private_run_killed_and_resumed_is_bit_identical_then_exports_its_guarantee(tmp_path):
   from maasjax.train.loop import restore_latest, train_and_evaluate
   steps = 60
@@ -111,15 +104,8 @@ def test_private_run_killed_and_resumed_is_bit_identical_then_exports_its_guaran
   train_and_evaluate(_dp(steps, eval_every_steps=30), reference)
   killed = str(tmp_path / 'killed')
   cmd = [sys.executable, '-m', 'maasjax.cli', 'train', '--workdir', killed, *args]
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  try:
-    while time.time() < deadline and not any(s >= 20 for s in _saved(killed)):
-      time.sleep(0.02)
-  finally:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-  assert _saved(killed) and max(_saved(killed)) < steps
+  sigkill_after_checkpoint(cmd, killed, 20)
+  assert saved_steps(killed) and max(saved_steps(killed)) < steps
   resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   leaves = lambda w: jax.tree.leaves(restore_latest(_dp(steps, eval_every_steps=30), w)[1])

@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import ROOT, experiment_config
+from conftest import ROOT, experiment_config, sigkill_after_checkpoint
 from maasjax.train.loop import restore_latest, train_and_evaluate
 
 STEPS = 400
@@ -49,14 +49,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
 
   killed = str(tmp_path / 'killed')
   cmd = [sys.executable, '-m', 'maasjax.cli', 'train', '--workdir', killed, *ARGS]
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=USER_RNG, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  try:
-    while time.time() < deadline and not any(s >= 120 for s in _saved_steps(killed)):
-      time.sleep(0.05)
-  finally:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+  sigkill_after_checkpoint(cmd, killed, 120, env=USER_RNG)
   saved = _saved_steps(killed)
   assert saved and max(saved) < STEPS, f'the run was not killed part way: {saved}'
 
