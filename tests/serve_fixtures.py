@@ -121,6 +121,20 @@ class ServerProcess:
     return self.proc.returncode
 
 
+def wait_for_workers(srv: 'ServerProcess', workers: int, models, timeout: float = 180) -> None:
+  """Until every worker has loaded every one of `models` (each worker loads its own copy; the pooled
+  /metrics count says how many did): a worker that is still loading answers 503."""
+  deadline = time.time() + timeout
+  while True:
+    text = httpx.get(srv.url + '/metrics').text
+    counts = [sum(float(line.split()[-1]) for line in text.splitlines()
+                  if line.startswith(f'maasjax_model_events_total{{event="loaded",model="{m}"}}')) for m in models]
+    if min(counts) >= workers:
+      return
+    assert time.time() < deadline, srv.output()
+    time.sleep(0.3)
+
+
 def copy_version(base: str, src_model: str, src_version: int, dst_model: str, dst_version: int) -> None:
   """Copies a version into place the way an exporter should: a temp name, then one atomic rename."""
   dst_dir = os.path.join(base, dst_model)

@@ -11,7 +11,7 @@ import pytest
 import tritonclient.http as tritonclient_http  # a dev dependency: its absence is an error, not a skip
 
 from conftest import run_cli
-from serve_fixtures import ServerProcess, heldout_digits, jax_reference, write_broken_version
+from serve_fixtures import ServerProcess, heldout_digits, jax_reference, wait_for_workers, write_broken_version
 from maasjax.client import Client, ServerError
 
 KEY_ALL = 'k-all-0123456789abcdef'
@@ -46,10 +46,7 @@ def jax_keyed_server(exported, server, tmp_path_factory):
   srv = ServerProcess(exported['base'], '--workers', '2', '--backend', 'jax', '--api-keys', str(keys),
                       '--max-queue-rows', '2', '--batch-timeout-ms', '300', '--max-batch-size', '8', '--buckets', '1,8',
                       '--log-level', 'debug')
-  deadline = time.time() + 180
-  while metric_sum(httpx.get(srv.url + '/metrics').text, 'maasjax_model_events_total{event="loaded",model="digits"}') < 2:
-    assert time.time() < deadline, srv.output()  # each worker loads its own copy; the pooled count says both did
-    time.sleep(0.5)
+  wait_for_workers(srv, 2, ('digits', 'digits_resnet'))
   yield srv
   srv.stop()
 

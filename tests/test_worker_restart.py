@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from serve_fixtures import ServerProcess, heldout_digits
+from serve_fixtures import ServerProcess, heldout_digits, wait_for_workers
 
 CLIENTS = 6
 
@@ -53,6 +53,7 @@ def test_a_killed_worker_comes_back_on_its_own_socket(exported):
     while len(_workers(srv.proc.pid)) < 2:
       assert time.time() < deadline
       time.sleep(0.2)
+    wait_for_workers(srv, 2, ('digits',))  # a worker still loading would answer 503: not what is tested
     before = _workers(srv.proc.pid)
     inodes = _listening_inodes(srv.port)
     assert len(inodes) == 2 and all(_sockets_held(p, inodes) == 1 for p in before)
