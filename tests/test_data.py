@@ -5,7 +5,7 @@ import pytest
 from conftest import experiment_config
 from maasjax.config import ConfigError
 from maasjax.data import load_dataset
-from maasjax.data.base import stream_indices
+from maasjax.data.base import EpochPermutations, stream_indices
 
 
 def _digits(**overrides):
@@ -36,6 +36,18 @@ def test_training_order_is_a_pure_function_of_seed_and_step():
   assert not np.array_equal(stream_indices(0, 0, bs, n), stream_indices(1, 0, bs, n))
   ds = _digits()
   np.testing.assert_array_equal(ds.train_batch(7, 32)['inputs'], _digits().train_batch(7, 32)['inputs'])
+
+
+def test_each_epoch_permutation_is_built_once_not_once_per_step():
+  """lm1b's 30M-sentence permutation takes seconds: a run builds it once per epoch, with the same values."""
+  n, bs = 50, 16
+  perms = EpochPermutations(0, n)
+  shared = [stream_indices(0, s, bs, n, perms) for s in range(10)]  # 160 positions: epochs 0..3
+  for s, idx in enumerate(shared):
+    np.testing.assert_array_equal(idx, stream_indices(0, s, bs, n))
+  assert perms.computed == 4
+  stream_indices(0, 3, bs, n, perms)  # back to epochs 0 and 1: only the last two epochs are kept
+  assert perms.computed == 6
 
 
 def test_augmentation_is_deterministic_and_shifts_pixels():

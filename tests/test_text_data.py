@@ -130,6 +130,8 @@ def test_lm1b_pipeline_under_mock_data():
     test_rows = sum(int(b['mask'].sum()) for b in ds.eval_batches('test', 4))
   np.testing.assert_array_equal(resumed['inputs'], first[2]['inputs'])
   assert len(reads) == 8 and far['inputs'].shape == (4, 12)  # the resume read its batch only, not steps 0..s
+  # Steps 0..2 cover epochs 0 and 1 (positions 0..11 of 10 sentences): one permutation per epoch, not per step.
+  assert ds._permutations.computed == 2
   b = first[0]
   assert b['inputs'].shape == (4, 12) and (b['inputs'][:, 0] == ByteVocab.bos_id).all()
   np.testing.assert_array_equal(b['inputs'][:, 1:], b['labels'][:, :-1])

@@ -54,14 +54,45 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def stream_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
-  """Indices into the training set of global batch `step` (a pure function of its arguments)."""
+class EpochPermutations:
+  """`epoch_permutation(seed, e, n)` per epoch, computed once and kept for the last `keep` epochs used.
+
+  A batch spans at most two epochs (when B <= n), so consecutive steps reuse the same permutation: for a
+  large split (lm1b: 30M sentences, 1-3 s and 120 MB per permutation) a step costs a slice, not a new
+  permutation. The values are those of `epoch_permutation`; only the work is shared. `computed` counts
+  the permutations built.
+  """
+
+  def __init__(self, seed: int, n: int, keep: int = 2):
+    self.seed, self.n, self.keep, self.computed = seed, n, keep, 0
+    self._cache: dict[int, np.ndarray] = {}
+
+  def __call__(self, epoch: int) -> np.ndarray:
+    perm = self._cache.pop(epoch, None)
+    if perm is None:
+      perm = epoch_permutation(self.seed, epoch, self.n)
+      perm = perm.astype(np.int32) if self.n < 2**31 else perm  # half the memory for any real split
+      perm.setflags(write=False)
+      self.computed += 1
+    self._cache[epoch] = perm  # most recently used last
+    while len(self._cache) > self.keep:
+      del self._cache[next(iter(self._cache))]
+    return perm
+
+
+def stream_indices(seed: int, step: int, batch_size: int, n: int,
+                   permutations: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
+  """Indices into the training set of global batch `step` (a pure function of its arguments).
+
+  `permutations` (epoch -> permutation of range(n), e.g. an `EpochPermutations`) shares the work between
+  steps; without it each call builds the permutations it needs."""
+  perm_of = permutations or (lambda epoch: epoch_permutation(seed, epoch, n))
   positions = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
   epochs, offsets = positions // n, positions % n
   out = np.empty(batch_size, dtype=np.int64)
   for epoch in np.unique(epochs):
     sel = epochs == epoch
-    out[sel] = epoch_permutation(seed, int(epoch), n)[offsets[sel]]
+    out[sel] = perm_of(int(epoch))[offsets[sel]]
   return out
 
 
@@ -81,6 +112,7 @@ class ArrayDataset(Dataset):
     self._splits = splits
     self._seed = seed
     self._augment = augment
+    self._permutations = EpochPermutations(seed, len(splits['train']['labels'])) if 'train' in splits else None
 
   def splits(self) -> list[str]:
     return list(self._splits)
@@ -91,7 +123,7 @@ class ArrayDataset(Dataset):
   def train_batch(self, step, batch_size, process_index=0, process_count=1):
     train = self._splits['train']
     n = len(train['labels'])
-    idx = stream_indices(self._seed, step, batch_size, n)
+    idx = stream_indices(self._seed, step, batch_size, n, self._permutations)
     local = host_slice(batch_size, process_index, process_count)
     batch = {k: v[idx[local]] for k, v in train.items()}
     if self._augment is not None:

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 
 from maasjax.config import ConfigError
-from maasjax.data.base import Batch, Dataset, DatasetInfo, stream_indices
+from maasjax.data.base import Batch, Dataset, DatasetInfo, EpochPermutations, stream_indices
 from maasjax.data.tfds_source import prepared_builder
 
 GRAPH_KEYS = ('nodes', 'edges', 'senders', 'receivers', 'n_node', 'n_edge')
@@ -92,6 +92,7 @@ class GraphBatchDataset(Dataset):
                min_edges: int = 64):
     self.info, self._splits, self._seed = info, splits, seed
     self._min = (min_nodes, min_edges)
+    self._permutations = EpochPermutations(seed, len(splits['train'])) if 'train' in splits else None
 
   def splits(self) -> list[str]:
     return list(self._splits)
@@ -101,7 +102,7 @@ class GraphBatchDataset(Dataset):
     return pad_graphs([store.graph(int(i)) for i in indices], batch_size, *self._min)
 
   def train_batch(self, step, batch_size, process_index=0, process_count=1):
-    idx = stream_indices(self._seed, step, batch_size, len(self._splits['train']))
+    idx = stream_indices(self._seed, step, batch_size, len(self._splits['train']), self._permutations)
     return self.batch_of('train', idx, batch_size)
 
   def eval_batches(self, split, batch_size, process_index=0, process_count=1):

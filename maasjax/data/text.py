@@ -12,7 +12,8 @@ import ml_collections
 import numpy as np
 
 from maasjax.config import ConfigError
-from maasjax.data.base import Batch, Dataset, DatasetInfo, host_slice, padded_batches, stream_indices
+from maasjax.data.base import (Batch, Dataset, DatasetInfo, EpochPermutations, host_slice, padded_batches,
+                               stream_indices)
 from maasjax.data.tfds_source import prepared_builder
 from maasjax.data.tokenizers import ByteVocab, CharVocab
 
@@ -140,6 +141,8 @@ class SentenceStreamDataset(Dataset):
       self._source = builder.as_data_source(split='train')
     except Exception:  # noqa: BLE001 - tfds raises assorted types for a format without random access
       self._source = None
+    # One permutation per epoch, not per step: for lm1b's 30M sentences a permutation takes seconds.
+    self._permutations = EpochPermutations(seed, len(self._source)) if self._source is not None else None
 
   def splits(self) -> list[str]:
     return ['train', 'validation', 'test']
@@ -175,7 +178,7 @@ class SentenceStreamDataset(Dataset):
   def train_batch(self, step, batch_size, process_index=0, process_count=1):
     local = host_slice(batch_size, process_index, process_count)
     if self._source is not None:
-      indices = stream_indices(self._seed, step, batch_size, len(self._source))[local]
+      indices = stream_indices(self._seed, step, batch_size, len(self._source), self._permutations)[local]
       texts = [self._source[int(i)]['text'] for i in indices]
     else:
       texts = self._streamed_texts(step, batch_size)[local]
