@@ -19,6 +19,8 @@ def _cfg(name):
     ('char_lm', 'model.emb_dim=0', 'config.model.emb_dim=0'),
     ('graph_families_gcn', 'model.readout=avg', "config.model.readout='avg': model 'gcn' expects one of none, mean"),
     ('digits_knn_gat', 'model.hidden=(8,-1)', "config.model.hidden=(8, -1): model 'gat' expects a non-empty tuple"),
+    ('digits_knn_gat', 'model.num_heads=3', 'config.model.hidden=(64,): with config.model.num_heads=3, every hidden'),
+    ('digits_knn_gat', 'model.num_heads=0', "config.model.num_heads=0: model 'gat' expects a positive integer"),
     ('digits_lstm', 'model.hidden=(128,0)', "config.model.hidden=(128, 0): model 'lstm' expects a non-empty tuple"),
     ('digits_cnn', 'model.features=()', "config.model.features=(): model 'cnn' expects a non-empty tuple"),
     ('digits_cnn', 'model.dropout=-0.1', 'config.model.dropout=-0.1'),

@@ -87,6 +87,15 @@ def check_settings(name: str, cls: type[nn.Module], kwargs: dict[str, Any]) -> N
   for key, value in kwargs.items():
     if key in checks and not checks[key][0](value):
       raise ConfigError(f'config.model.{key}={value!r}: model {name!r} expects {checks[key][1]}')
+  if issubclass(cls, GAT):
+    # Hidden layers concatenate their heads, each of width // num_heads: a width that is not a multiple
+    # would silently become a narrower layer than the one asked for.
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    hidden, heads = kwargs.get('hidden', fields['hidden']), kwargs.get('num_heads', fields['num_heads'])
+    uneven = [w for w in hidden if w % heads]
+    if uneven:
+      raise ConfigError(f'config.model.hidden={tuple(hidden)!r}: with config.model.num_heads={heads}, every hidden '
+                        f'width must be a multiple of num_heads (the heads are concatenated); {uneven[0]} is not')
   if issubclass(cls, TransformerBase):
     fields = {f.name: f.default for f in dataclasses.fields(cls)}
     emb, heads = kwargs.get('emb_dim', fields['emb_dim']), kwargs.get('num_heads', fields['num_heads'])
