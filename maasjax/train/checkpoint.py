@@ -27,6 +27,11 @@ STRUCTURAL_KEYS = (
     'optimizer.name',  # the optimizer state's structure
     'optimizer.grad_accum_steps',  # optax.MultiSteps adds its own state
 )
+# DP-SGD: turning it on or off changes the data order (each batch becomes a Poisson sample). While it is on,
+# the epsilon reported composes every step at one sampling scheme, clip and noise level, so those may not
+# change mid-run either; with target_epsilon the noise is calibrated for num_train_steps, so that is fixed too.
+# With DP off, the privacy keys are unused and free.
+PRIVATE_KEYS = ('privacy.sampling', 'privacy.l2_norm_clip', 'privacy.noise_multiplier', 'privacy.target_epsilon')
 FREE_KEYS = {
     'model': ('dropout', 'attention_dropout', 'remat', 'dtype'),  # no parameter changes shape
     'dataset': ('data_dir', 'download', 'eval_examples', 'normalize', 'augment'),  # same examples, same order
@@ -54,6 +59,15 @@ def structural_diff(saved: dict, current: dict) -> list[str]:
           diffs.append(f'{key}.{sub}: checkpoint has {a.get(sub)!r}, config has {b.get(sub)!r}')
     elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
       diffs.append(f'{key}: checkpoint has {a!r}, config has {b!r}')
+  private = [bool(_get(c, 'privacy.enabled')) for c in (saved, current)]  # a config from before DP: off
+  if private[0] != private[1]:
+    diffs.append(f'privacy.enabled: checkpoint has {private[0]!r}, config has {private[1]!r}')
+  elif private[0]:
+    calibrated = float(_get(current, 'privacy.target_epsilon') or 0) > 0
+    for key in PRIVATE_KEYS + (('num_train_steps',) if calibrated else ()):
+      a, b = _get(saved, key), _get(current, key)
+      if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+        diffs.append(f'{key}: checkpoint has {a!r}, config has {b!r} (the run is differentially private)')
   return diffs
 
 
