@@ -87,3 +87,13 @@ def test_bad_dataset_settings():
     _digits(**{'dataset.normalize': 'zscore'})
   with pytest.raises(ConfigError, match='test_fraction'):
     _digits(**{'dataset.test_fraction': 0.95})
+
+
+def test_not_prepared_message_says_whether_a_download_was_tried():
+  from maasjax.data.tfds_source import not_prepared_message
+  error = FileNotFoundError('no dataset_info.json')
+  offline = not_prepared_message('lm1b', '/d', 'text', error)
+  tried = not_prepared_message('lm1b', '/d', 'text', error, downloaded=True)
+  assert "is not prepared in data_dir '/d'" in offline and 'nothing was downloaded' in offline
+  assert 'nothing was downloaded' not in tried and 'download_and_prepare finished' in tried
+  assert all('--config experiments/char_lm.py' in m for m in (offline, tried))

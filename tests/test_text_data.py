@@ -138,3 +138,6 @@ def test_lm1b_pipeline_under_mock_data():
   rows = [r[r > 0] for r in np.concatenate([b['inputs'][:, :1], b['labels']], axis=1)]
   assert all(r[-1] == ByteVocab.eos_id or len(r) == 13 for r in rows)  # whole sentence + EOS, or cut at seq_len
   assert sum(int(e['mask'].sum()) for e in evals) == 3 and test_rows == 10
+  with tfds.testing.mock_data(num_examples=10):  # download=True prepares ArrayRecord (a no-op under the mock)
+    config.dataset.download = True
+    np.testing.assert_array_equal(load_dataset(config).train_batch(2, 4)['inputs'], first[2]['inputs'])

@@ -197,8 +197,9 @@ class SentenceStreamDataset(Dataset):
 
 def load_lm1b(cfg: ml_collections.ConfigDict, seed: int) -> SentenceStreamDataset:
   """tfds lm1b (One Billion Word benchmark), byte-level: no tokenizer to train, vocabulary 259."""
-  # ArrayRecord files give random access (an O(1) resume, see SentenceStreamDataset).
-  builder = prepared_builder('lm1b', cfg, 'text', extra_flags=' --file_format=array_record')
+  # ArrayRecord files give random access (an O(1) resume, see SentenceStreamDataset): a download writes them.
+  builder = prepared_builder('lm1b', cfg, 'text', prepare_format='array_record',
+                             extra_flags=' --file_format=array_record')
   seq_len = int(cfg.get('seq_len', 128))
   vocab = ByteVocab()
   info = DatasetInfo(name='lm1b', task='language_modelling', input_shape=(seq_len,), input_dtype='int32',
