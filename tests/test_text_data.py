@@ -141,3 +141,48 @@ def test_lm1b_pipeline_under_mock_data():
   with tfds.testing.mock_data(num_examples=10):  # download=True prepares ArrayRecord (a no-op under the mock)
     config.dataset.download = True
     np.testing.assert_array_equal(load_dataset(config).train_batch(2, 4)['inputs'], first[2]['inputs'])
+
+
+def _tfrecord_sentences(data_dir, n=40, shards=3):
+  """A real prepared copy in tfds's default TFRecord format (no random access), several shards, offline."""
+  import tensorflow_datasets as tfds
+
+  class Sentences(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({'text': tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {'train': self._generate_examples(n), 'test': self._generate_examples(5)}
+
+    def _generate_examples(self, count):
+      for i in range(count):
+        yield i, {'text': f'sentence {i}'}
+
+  builder = Sentences(data_dir=str(data_dir))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=shards))
+  return builder
+
+
+def test_tfrecord_lm1b_resume_seeks_by_shard_and_offset(tmp_path):
+  from maasjax.data.text import SentenceStreamDataset
+  builder = _tfrecord_sentences(tmp_path)
+  assert len(builder.info.splits['train'].shard_lengths) == 3
+
+  def dataset():
+    info = load_dataset(experiment_config('char_lm')).info  # any LM info: only the train stream is used here
+    return SentenceStreamDataset(info, builder, seq_len=16, seed=0, shuffle_buffer=8, eval_examples=3)
+
+  run = dataset()
+  assert run._source is None  # TFRecord: no random access, the sharded stream reads it
+  batches = [run.train_batch(s, 4) for s in range(25)]  # 100 positions: 2.5 epochs of 40 sentences
+  first_epoch = {ByteVocab().decode(r)
+                 for b in batches[:10] for r in np.concatenate([b['inputs'][:, :1], b['labels']], axis=1)}
+  assert first_epoch == {f'sentence {i}' for i in range(40)}  # each sentence once per epoch
+  assert run._stream.records_read == 104  # each sentence read once, in whole blocks of 8: no seek, no re-read
+  fresh = dataset()  # a run resumed at step 23 (epoch 2, offset 12, inside block 1)
+  np.testing.assert_array_equal(fresh.train_batch(23, 4)['inputs'], batches[23]['inputs'])
+  assert fresh._stream.records_read == 8  # one block, not the 92 sentences before it
+  np.testing.assert_array_equal(fresh.train_batch(24, 4)['inputs'], batches[24]['inputs'])
+  assert not np.array_equal(batches[0]['inputs'], batches[10]['inputs'])  # epochs differ in order

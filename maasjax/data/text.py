@@ -4,7 +4,6 @@ label 0 (padding) is not scored."""
 from __future__ import annotations
 
 import os
-import sys
 from collections import Counter
 from typing import Iterator
 
@@ -121,28 +120,90 @@ def load_tiny_shakespeare(cfg: ml_collections.ConfigDict, seed: int) -> CharStre
   return char_lm_dataset('tiny_shakespeare', texts, cfg, seed)
 
 
+class ShardedStream:
+  """Training sentences from TFRecord shards (no random access), addressed by stream position, seekable.
+
+  Epoch e reads the shards in the order `default_rng([seed, e]).permutation(num_shards)`, each in file order,
+  cut into blocks of `block` records, each block permuted by `default_rng([seed, e, j])`. Position p of the
+  endless stream is a pure function of (seed, p). A reader that is not already there (a resume) seeks with
+  tfds's split slicing `train[a:b]`, which skips records only inside the first shard it touches, then reads
+  one block: the cost of a resume is bounded by a shard plus a block, never by the step. Reading on from
+  where the last batch ended costs nothing extra. `records_read` counts the records pulled into Python.
+  """
+
+  def __init__(self, builder, seed: int, block: int):
+    split = builder.info.splits['train']
+    lengths = [int(x) for x in (split.shard_lengths or [split.num_examples])]
+    if not sum(lengths):
+      raise ConfigError(f'dataset {builder.info.name!r}: its train split lists no examples (dataset_info.json); '
+                        'prepare it again')
+    self._builder, self._seed, self._block = builder, seed, max(1, block)
+    self._lengths, self._starts = lengths, np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    self.n = int(sum(lengths))
+    self.records_read = 0
+    self._reader, self._reader_at = None, None  # an iterator over the epoch stream, and its (epoch, offset)
+    self._cached = (None, None)  # (epoch, block), its records in output order
+
+  def _epoch_records(self, epoch: int, offset: int):
+    """The records of epoch `epoch` from `offset` on, shard by shard, each shard read only from there."""
+    import tensorflow_datasets as tfds
+    order = np.random.default_rng([self._seed, epoch]).permutation(len(self._lengths))
+    before = 0
+    for shard in order:
+      length = self._lengths[shard]
+      if offset < before + length:
+        a = int(self._starts[shard] + max(0, offset - before))
+        b = int(self._starts[shard] + length)
+        for example in tfds.as_numpy(self._builder.as_dataset(split=f'train[{a}:{b}]', shuffle_files=False)):
+          self.records_read += 1
+          yield example['text']
+      before += length
+
+  def _block_records(self, epoch: int, j: int) -> list:
+    start = j * self._block
+    size = min(self._block, self.n - start)
+    if self._reader is None or self._reader_at != (epoch, start):
+      self._reader = self._epoch_records(epoch, start)  # seek: a fresh reader (resume, or a jump)
+    records = [next(self._reader) for _ in range(size)]
+    self._reader_at = (epoch, start + size)
+    order = np.random.default_rng([self._seed, epoch, j]).permutation(size)
+    return [records[i] for i in order]
+
+  def texts(self, positions: np.ndarray) -> list:
+    out = []
+    for p in positions:
+      epoch, offset = divmod(int(p), self.n)
+      key = (epoch, offset // self._block)
+      if self._cached[0] != key:
+        self._cached = (key, self._block_records(*key))
+      out.append(self._cached[1][offset % self._block])
+    return out
+
+
 class SentenceStreamDataset(Dataset):
   """tfds sentences (lm1b), [BOS] bytes [EOS], cut or padded to seq_len + 1 tokens.
 
-  Training batch `s` holds the sentences at positions s*B .. s*B+B-1 of an endless stream whose epoch e is
-  the seeded permutation `default_rng([seed, e])` of the training split (as for in-memory data), read by
-  index from tfds's random-access data source (ArrayRecord files): a run resumed at step s reads just its
-  batch, O(1) in s. A copy prepared as TFRecord (tfds's default file format) has no random access; then
-  the stream is tf.data's seeded shuffle and a resume replays it up to step s (said once on stderr):
-  prepare lm1b with `--file_format=array_record` for the O(1) resume.
+  Training batch `s` holds the sentences at positions s*B .. s*B+B-1 of an endless stream that is a pure
+  function of (seed, position), so a resumed run reads exactly the batches an uninterrupted one would:
+  - ArrayRecord files (random access, `as_data_source`): epoch e is the seeded permutation
+    `default_rng([seed, e])` of the training split, as for in-memory data; a batch reads just its sentences,
+    so a resume at step s is O(1) in s.
+  - TFRecord files (tfds's default format; no random access): `ShardedStream`, shards in a seeded order per
+    epoch and blocks of `shuffle_buffer` sentences permuted; a resume seeks to its shard and offset, costing
+    at most one shard plus one block, whatever the step.
   """
 
   def __init__(self, info: DatasetInfo, builder, seq_len: int, seed: int, shuffle_buffer: int, eval_examples: int):
     self.info, self._builder, self._seq_len, self._seed = info, builder, seq_len, seed
-    self._shuffle_buffer, self._eval_examples = shuffle_buffer, eval_examples
+    self._eval_examples = eval_examples
     self._vocab = ByteVocab()
-    self._iter, self._next_step, self._batch_size = None, 0, None
     try:  # random access exists only for ArrayRecord files
       self._source = builder.as_data_source(split='train')
     except Exception:  # noqa: BLE001 - tfds raises assorted types for a format without random access
       self._source = None
     # One permutation per epoch, not per step: for lm1b's 30M sentences a permutation takes seconds.
     self._permutations = EpochPermutations(seed, len(self._source)) if self._source is not None else None
+    self._stream = ShardedStream(builder, seed, shuffle_buffer) if self._source is None else None
 
   def splits(self) -> list[str]:
     return ['train', 'validation', 'test']
@@ -152,36 +213,14 @@ class SentenceStreamDataset(Dataset):
     ids = np.frombuffer(data, np.uint8).astype(np.int32) + self._vocab.offset
     return np.concatenate([[self._vocab.bos_id], ids, [self._vocab.eos_id]]).astype(np.int32)[:self._seq_len + 1]
 
-  def _train_iterator(self, batch_size: int):
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-    read = tfds.ReadConfig(shuffle_seed=self._seed)
-    ds = self._builder.as_dataset(split='train', shuffle_files=True, read_config=read).repeat()
-    ds = ds.shuffle(self._shuffle_buffer, seed=self._seed).batch(batch_size)
-    options = tf.data.Options()
-    options.deterministic = True
-    return iter(tfds.as_numpy(ds.with_options(options)))
-
-  def _streamed_texts(self, step: int, batch_size: int):
-    """The TFRecord fallback: tf.data's seeded stream, replayed up to `step` on a fresh reader."""
-    if self._iter is None or step != self._next_step or batch_size != self._batch_size:
-      self._iter, self._next_step, self._batch_size = self._train_iterator(batch_size), 0, batch_size
-      if step:
-        print(f'{self.info.name}: this copy has no random access (TFRecord files); replaying {step} batches to '
-              f'resume. Prepare it with --file_format=array_record for an O(1) resume.', file=sys.stderr, flush=True)
-      for _ in range(step):
-        next(self._iter)
-      self._next_step = step
-    self._next_step += 1
-    return next(self._iter)['text']
-
   def train_batch(self, step, batch_size, process_index=0, process_count=1):
     local = host_slice(batch_size, process_index, process_count)
     if self._source is not None:
       indices = stream_indices(self._seed, step, batch_size, len(self._source), self._permutations)[local]
       texts = [self._source[int(i)]['text'] for i in indices]
     else:
-      texts = self._streamed_texts(step, batch_size)[local]
+      positions = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)[local]
+      texts = self._stream.texts(positions)
     tokens = _pad_rows([self._row(t) for t in texts], self._seq_len + 1)
     return {'inputs': tokens[:, :-1], 'labels': tokens[:, 1:]}
 
