@@ -2,9 +2,10 @@
 
 Keys for every optimizer: name, learning_rate, schedule (constant, cosine, linear), warmup_steps,
 end_learning_rate_factor, weight_decay, grad_clip_norm (0 = off), grad_accum_steps (1 = off). Each
-optimizer reads only its own settings besides (OWN_SETTINGS): momentum and nesterov read `momentum`;
-adam and adamw `b1, b2, eps`; adagrad `eps`; rmsprop `decay, eps, rmsprop_momentum` (default 0: the base
-config's `momentum` is SGD's and does not leak into rmsprop).
+optimizer reads only its own settings besides (OWN_SETTINGS): momentum and nesterov read `momentum`
+(and momentum a `nesterov` flag); adam and adamw `b1, b2, eps`; adagrad `eps`; rmsprop `decay, eps,
+rmsprop_momentum` (default 0: the base config's `momentum` is SGD's and does not leak into rmsprop).
+Moving-average rates (momentum, b1, b2, decay, rmsprop_momentum) must lie in [0, 1).
 
 `weight_decay` means two different things, as in the literature:
 - adamw: decoupled weight decay (Loshchilov & Hutter), optax.adamw's own: params -= lr * wd * params,
@@ -21,7 +22,7 @@ import optax
 from maasjax.config import ConfigError, check_name
 
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'adagrad', 'rmsprop')
-OWN_SETTINGS = {'sgd': (), 'momentum': ('momentum',), 'nesterov': ('momentum',), 'adam': ('b1', 'b2', 'eps'),
+OWN_SETTINGS = {'sgd': (), 'momentum': ('momentum', 'nesterov'), 'nesterov': ('momentum',), 'adam': ('b1', 'b2', 'eps'),
                 'adamw': ('b1', 'b2', 'eps'), 'adagrad': ('eps',), 'rmsprop': ('decay', 'eps', 'rmsprop_momentum')}
 SCHEDULES = ('constant', 'cosine', 'linear')
 
@@ -51,10 +52,14 @@ def make_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
-def _number(opt: ml_collections.ConfigDict, key: str, default: float, low: float = 0.0) -> float:
+def _number(opt: ml_collections.ConfigDict, key: str, default: float, low: float = 0.0,
+            below: float | None = None) -> float:
+  """`config.optimizer.key` as a float in [low, below) (below None: no upper bound), or a ConfigError."""
   value = opt.get(key, default)
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
-    raise ConfigError(f'config.optimizer.{key}={value!r}: expected a number >= {low:g}')
+  if (isinstance(value, bool) or not isinstance(value, (int, float)) or value < low
+      or (below is not None and value >= below)):
+    allowed = f'a number >= {low:g}' if below is None else f'a number in [{low:g}, {below:g})'
+    raise ConfigError(f'config.optimizer.{key}={value!r}: expected {allowed}')
   return float(value)
 
 
@@ -73,17 +78,17 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   if name == 'sgd':
     core = optax.sgd(lr)
   elif name in ('momentum', 'nesterov'):
-    core = optax.sgd(lr, momentum=_number(opt, 'momentum', 0.9),
+    core = optax.sgd(lr, momentum=_number(opt, 'momentum', 0.9, below=1.0),
                      nesterov=(name == 'nesterov' or bool(opt.get('nesterov', False))))
   elif name in ('adam', 'adamw'):
-    b1, b2 = _number(opt, 'b1', 0.9), _number(opt, 'b2', 0.999)
+    b1, b2 = _number(opt, 'b1', 0.9, below=1.0), _number(opt, 'b2', 0.999, below=1.0)
     core = (optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=wd) if name == 'adamw'
             else optax.adam(lr, b1=b1, b2=b2, eps=eps))
   elif name == 'adagrad':
     core = optax.adagrad(lr, eps=eps)
   else:
-    momentum = _number(opt, 'rmsprop_momentum', 0.0)
-    core = optax.rmsprop(lr, decay=_number(opt, 'decay', 0.9), eps=eps, momentum=momentum or None)
+    momentum = _number(opt, 'rmsprop_momentum', 0.0, below=1.0)
+    core = optax.rmsprop(lr, decay=_number(opt, 'decay', 0.9, below=1.0), eps=eps, momentum=momentum or None)
   chain = []
   if clip:
     chain.append(optax.clip_by_global_norm(clip))

@@ -128,3 +128,10 @@ def test_bad_optimizer_setting_is_refused_before_use(key, value):
   name = 'momentum' if key == 'momentum' else 'adamw'
   with pytest.raises(ConfigError, match=f'config.optimizer.{key}='):
     make_optimizer(_config(name=name, **{key: value}))
+
+
+@pytest.mark.parametrize('name,key,value', [('momentum', 'momentum', 1.0), ('adam', 'b1', 1.0), ('adamw', 'b2', 1.5),
+                                            ('rmsprop', 'decay', 1.0), ('rmsprop', 'rmsprop_momentum', 2.0)])
+def test_decay_rates_must_stay_below_one(name, key, value):
+  with pytest.raises(ConfigError, match=rf'config.optimizer.{key}={value!r}: expected a number'):
+    make_optimizer(_config(name=name, **{key: value}))
