@@ -1,13 +1,16 @@
 r"""Byte-level Transformer LM on tfds lm1b (the One Billion Word benchmark), as the Flax lm1b example.
 
-  python -m tensorflow_datasets.scripts.download_and_prepare --datasets=lm1b --data_dir=DATA
+  python -m tensorflow_datasets.scripts.download_and_prepare --datasets=lm1b --data_dir=DATA \
+      --file_format=array_record
   maasjax train --config experiments/lm1b_lm.py --workdir runs/lm1b_lm --config.dataset.data_dir=DATA
 
 Each sentence is [BOS] UTF-8 bytes [EOS], cut to seq_len + 1 tokens (no tokenizer to train; vocabulary
-259). The training stream is a seeded shuffle read from the start (a resumed run replays it up to its
-step); lm1b has no validation split, so periodic evaluation reads the first `eval_examples` test
-sentences and the final test metric the whole test split. Not run on this machine (a 1.7 GB download);
-the pipeline and a few training steps are tested under tfds mock data.
+259). The training stream is a pure function of (seed, step): from ArrayRecord files each batch is read by
+index (a resume is O(1)); from TFRecord files (tfds's default) shards are read in a seeded order with
+blocks of `shuffle_buffer` sentences permuted, and a resume seeks to its shard and offset (at most one
+shard plus one block read). lm1b has no validation split, so periodic evaluation reads the first
+`eval_examples` test sentences and the final test metric the whole test split. Not run on this machine
+(a 1.7 GB download); the pipeline and a few training steps are tested under tfds mock data.
 """
 import ml_collections
 
