@@ -36,6 +36,9 @@ COMMANDS: dict[str, Command] = {
                      'serve every model under a base path over TF Serving REST v1 and Open Inference Protocol v2'),
     'generate': Command('maasjax.generate', 'add_args', 'run',
                         'sample a continuation from a trained language model (or an output from a seq2seq model)'),
+    'compress': Command('maasjax.compress.commands', 'add_args', 'run',
+                        'compress a trained workdir (prune, channels, quantize, distill, cut, fold) into a new '
+                        'workdir that eval, export and serve take; --report measures a standard set', True),
     'sweep': Command('maasjax.sweep.commands', 'sweep_args', 'sweep',
                      'run a sweep of trials (config overrides), each its own maasjax train; then results'),
     'results': Command('maasjax.sweep.commands', 'results_args', 'results',

@@ -25,6 +25,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.privacy = ml_collections.ConfigDict({
       'enabled': False, 'l2_norm_clip': 1.0, 'noise_multiplier': 1.1, 'target_epsilon': 0.0, 'delta': 0.0,
       'sampling': 'poisson', 'accountant': 'rdp'})
+  # Compression (maasjax.compress; `maasjax compress --method M` sets `method` in the new workdir). During
+  # `maasjax train`, method prune (masks in the optimizer state), quantize with mode qat (fake-quantized int8)
+  # and distill (a teacher workdir's softened logits) act on the run itself; -1 means the method's default.
+  c.compress = ml_collections.ConfigDict({
+      'method': '',  # '' (none), prune, channels, quantize, distill, cut, fold
+      'fine_tune_steps': -1,  # steps after the transform (-1: prune/channels/cut 300, qat 200, distill the
+      'learning_rate': 5e-4,  # teacher's num_train_steps, ptq/fold 0); the fine-tune's peak learning rate
+      # prune: magnitude pruning of kernels (ndim > 1); overrides: ((path regex, sparsity), ...) win, 0 = keep
+      'sparsity': 0.8, 'pattern': 'unstructured', 'distribution': 'erk', 'schedule': 'gradual',
+      'start_step': 0, 'end_step': -1, 'update_every': 10, 'overrides': (),
+      'fraction': 0.5,  # channels: share of conv channels / dense units removed from each hidden layer
+      'mode': 'ptq', 'calibration_batches': 8,  # quantize: ptq or qat (w8a8 int8); training batches calibrated on
+      # distill: teacher workdir (maasjax compress: the --workdir), student model settings ('features=(8, 16),
+      # dense=32'), softmax temperature T (soft loss scaled by T^2) and the soft loss's weight alpha
+      'teacher': '', 'student': '', 'temperature': 4.0, 'alpha': 0.9,
+      'layers': (),  # cut: indices of the CNN/ResNet stages, MLP hidden layers or Transformer blocks to remove
+  })
   c.optimizer = ml_collections.ConfigDict({
       'name': 'adamw', 'learning_rate': 1e-3, 'schedule': 'cosine', 'warmup_steps': 50,
       'end_learning_rate_factor': 0.0, 'momentum': 0.9, 'b1': 0.9, 'b2': 0.999, 'eps': 1e-8,

@@ -112,7 +112,7 @@ def model_kwargs(model_config: ml_collections.ConfigDict, cls: type[nn.Module],
   fields = {f.name for f in dataclasses.fields(cls) if f.name not in ('parent', 'name')}
   kwargs = dict(extra)
   for key, value in model_config.items():
-    if key == 'name':
+    if key in ('name', 'quantization'):  # quantization wraps the built module (build_model)
       continue
     if key not in fields:
       raise ConfigError(f'config.model.{key}: model {model_config.name!r} has no setting {key!r}; '
@@ -126,7 +126,8 @@ def model_kwargs(model_config: ml_collections.ConfigDict, cls: type[nn.Module],
 def build_model(config: ml_collections.ConfigDict, **extra: Any) -> nn.Module:
   """Builds `config.model` with dataset-derived fields (e.g. num_classes) in `extra`.
 
-  `config.dtype` (the compute dtype) is passed to models that take one.
+  `config.dtype` (the compute dtype) is passed to models that take one; `config.model.quantization` ('int8',
+  'int8_qat') wraps the module with qwix (maasjax.models.quantized).
   """
   name = config.model.name
   check_name('model', name, MODELS)
@@ -135,4 +136,8 @@ def build_model(config: ml_collections.ConfigDict, **extra: Any) -> nn.Module:
     extra.setdefault('dtype', config.dtype)
   kwargs = model_kwargs(config.model, cls, extra)
   check_settings(name, cls, kwargs)
-  return cls(**kwargs)
+  module = cls(**kwargs)
+  if config.model.get('quantization'):  # int8 (maasjax compress --method quantize) or int8_qat
+    from maasjax.models.quantized import quantize_model
+    return quantize_model(module, config.model.quantization)
+  return module

@@ -76,6 +76,9 @@ def setup(config: ml_collections.ConfigDict, dataset: Dataset | None = None) -> 
   task = get_task(dataset.info)
   model = build_model(config, **model_extra_fields(dataset.info))
   tx = optim.make_optimizer(config)
+  if config.get('compress') and config.compress.get('method'):  # pruning masks, QAT, a distillation teacher
+    from maasjax.compress.hooks import training_hooks
+    task, model, tx = training_hooks(config, task, model, tx)
   mesh = parallel.create_mesh(config.mesh)
   multiple = parallel.batch_size_multiple(mesh)
   task_shards_batch = not task.replicate_batch
