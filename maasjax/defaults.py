@@ -32,7 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
       'method': '',  # '' (none), prune, channels, quantize, distill, cut, fold
       'fine_tune_steps': -1,  # steps after the transform (-1: prune/channels/cut 300, qat 200, distill the
       'learning_rate': 5e-4,  # teacher's num_train_steps, ptq/fold 0); the fine-tune's peak learning rate
-      # prune: magnitude pruning of kernels (ndim > 1); overrides: ((path regex, sparsity), ...) win, 0 = keep
+      # prune: magnitude pruning of kernels (ndim > 1). overrides: ((layer path regex, share), ...), the first
+      # match wins over sparsity (prune) or fraction (channels); 0 keeps a layer whole
       'sparsity': 0.8, 'pattern': 'unstructured', 'distribution': 'erk', 'schedule': 'gradual',
       'start_step': 0, 'end_step': -1, 'update_every': 10, 'overrides': (),
       'fraction': 0.5,  # channels: share of conv channels / dense units removed from each hidden layer

@@ -96,6 +96,14 @@ def prune_settings(config: ml_collections.ConfigDict) -> PruneSettings:
     raise ConfigError(f'config.compress.end_step={c.end_step!r}: expected an integer >= start_step ({start}), '
                       'or -1 (two thirds into the run)')
   update_every = _integer(c, 'update_every', 1)
+  return PruneSettings(sparsity, pattern, c.distribution, c.schedule, start, end, update_every,
+                       layer_overrides(config))
+
+
+def layer_overrides(config: ml_collections.ConfigDict) -> tuple[tuple[str, float], ...]:
+  """config.compress.overrides: ((path regex, share in [0, 1)), ...), a sparsity (prune) or a fraction of
+  units removed (channels) per layer; the first match wins."""
+  c = compress_section(config)
   overrides = []
   for item in c.overrides:
     if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
@@ -107,9 +115,9 @@ def prune_settings(config: ml_collections.ConfigDict) -> PruneSettings:
       raise ConfigError(f'config.compress.overrides: {item[0]!r} is not a regular expression ({e})') from None
     value = item[1]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-      raise ConfigError(f'config.compress.overrides: sparsity {value!r} for {item[0]!r}: expected a number in [0, 1)')
+      raise ConfigError(f'config.compress.overrides: {value!r} for {item[0]!r}: expected a number in [0, 1)')
     overrides.append((item[0], float(value)))
-  return PruneSettings(sparsity, pattern, c.distribution, c.schedule, start, end, update_every, tuple(overrides))
+  return tuple(overrides)
 
 
 def fine_tune_steps(config: ml_collections.ConfigDict, method: str, default: int | None = None) -> int:

@@ -88,7 +88,7 @@ def settings_record(config: ml_collections.ConfigDict, method: str) -> dict[str,
   """The compress settings that apply to `method` (what the summary reports)."""
   keys = {'prune': ('sparsity', 'pattern', 'distribution', 'schedule', 'start_step', 'end_step', 'update_every',
                     'overrides'),
-          'channels': ('fraction',), 'quantize': ('mode', 'calibration_batches'),
+          'channels': ('fraction', 'overrides'), 'quantize': ('mode', 'calibration_batches'),
           'distill': ('teacher', 'student', 'temperature', 'alpha'), 'cut': ('layers',), 'fold': ()}[method]
   section = cs.compress_section(config).to_dict()
   record = {k: section[k] for k in keys}

@@ -66,6 +66,7 @@ SETTING_CHECKS = {
     'stage_sizes': (_widths, 'a non-empty tuple of positive integers (blocks per stage), e.g. (2, 2, 2)'),
     'remat': (lambda v: isinstance(v, bool), 'true or false'),
     'bidirectional': (lambda v: isinstance(v, bool), 'true or false'),
+    'batch_norm': (lambda v: isinstance(v, bool), 'true or false (false: BatchNorm folded into the convolutions)'),
     'add_self_loops': (lambda v: isinstance(v, bool), 'true or false'),
     'positions': (lambda v: v in POSITIONS, 'one of ' + ', '.join(POSITIONS)),
     'readout': (lambda v: v in READOUTS, 'one of ' + ', '.join(READOUTS)),
