@@ -209,3 +209,18 @@ def test_int8_and_channel_pruned_workdirs_export_with_parity_and_serve(trained):
       np.testing.assert_array_equal(client.infer(name, [inp]).as_numpy('classes'), ref['classes'])
   finally:
     srv.stop()
+
+
+def test_report_tables_and_plot_with_the_baseline_marked(trained):
+  from maasjax.compress.report import write_report
+  out = str(trained['root'] / 'report')
+  variants = (('int8_ptq', 'quantize', {'mode': 'ptq'}, None), ('fold', 'fold', {}, None))
+  paths = write_report(trained['cnn'], out, [('compress.calibration_batches', '1')], measure_latency=False,
+                       variants=variants)
+  assert [os.path.basename(p) for p in paths] == [f'compression_report.{e}' for e in ('md', 'json', 'png')]
+  report = json.load(open(paths[1]))
+  assert [r['variant'] for r in report['rows']] == ['dense baseline', 'int8_ptq']
+  assert report['rows'][1]['bytes'] * 3 < report['rows'][0]['bytes']
+  assert report['skipped'][0]['variant'] == 'fold' and 'no BatchNorm' in report['skipped'][0]['why']
+  table = open(paths[0]).read()
+  assert '| dense baseline |' in table and '| int8_ptq |' in table and os.path.getsize(paths[2]) > 10_000
