@@ -20,6 +20,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed = ml_collections.ConfigDict({
       'initialize': 'auto', 'coordinator_address': '', 'num_processes': 0, 'process_id': -1, 'timeout_s': 300})
   c.checkpoint = ml_collections.ConfigDict({'every_steps': 250, 'keep': 3, 'async_save': True})
+  # Transfer learning (maasjax.train.transfer): a new run's parameters from a trained workdir's checkpoint
+  # (step -1: its latest); `skip` and `freeze` are regexes over paths like 'params/Dense_1/kernel'.
+  c.init_from = ml_collections.ConfigDict({'workdir': '', 'step': -1, 'skip': (), 'freeze': ()})
   # DP-SGD (maasjax.privacy): per-example clipping + Gaussian noise, epsilon from dp-accounting.
   # delta 0: 1 / (10 N); target_epsilon > 0 calibrates noise_multiplier for num_train_steps.
   c.privacy = ml_collections.ConfigDict({

@@ -64,8 +64,26 @@ def _norm_stats(x_train: np.ndarray, mode: str, max_value: float) -> tuple[list[
   raise ConfigError(f'config.dataset.normalize={mode!r}: expected one of standard, scale, none')
 
 
+def keep_classes(x: dict[str, np.ndarray], y: dict[str, np.ndarray], label_names: list[str], classes):
+  """Only the examples of `classes` (config.dataset.classes, e.g. (5, 6, 7, 8, 9)), relabelled 0..k-1 in
+  that order: a smaller task carved from a dataset (transfer learning between two halves of it)."""
+  if not classes:
+    return x, y, label_names
+  n = len(label_names)
+  if (not isinstance(classes, (tuple, list)) or len(set(classes)) != len(classes) or
+      not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < n for c in classes) or len(classes) < 2):
+    raise ConfigError(f'config.dataset.classes={classes!r}: expected at least two distinct labels in 0..{n - 1}, '
+                      'e.g. (0, 1, 2, 3, 4)')
+  relabel = np.full(n, -1, np.int64)
+  relabel[list(classes)] = np.arange(len(classes))
+  keep = {k: relabel[y[k]] >= 0 for k in y}
+  return ({k: x[k][keep[k]] for k in x}, {k: relabel[y[k][keep[k]]] for k in y},
+          [label_names[c] for c in classes])
+
+
 def _build(name: str, x: dict[str, np.ndarray], y: dict[str, np.ndarray], label_names: list[str],
            cfg: ml_collections.ConfigDict, seed: int, max_value: float) -> ArrayDataset:
+  x, y, label_names = keep_classes(x, y, label_names, cfg.get('classes', ()))
   mean, std = _norm_stats(x['train'], cfg.get('normalize', 'standard'), max_value)
   info = DatasetInfo(
       name=name, task='classification', input_shape=tuple(int(d) for d in x['train'].shape[1:]),

@@ -22,7 +22,7 @@ from maasjax import distributed, optim, parallel, sharding
 from maasjax.config import ConfigError, require
 from maasjax.data import Dataset, load_dataset
 from maasjax.models import build_model
-from maasjax.train import checkpoint as ckpt_lib
+from maasjax.train import checkpoint as ckpt_lib, transfer
 from maasjax.train.state import TrainState, count_params
 from maasjax.train.steps import CompiledSteps, compile_steps
 from maasjax.train.task_table import get_task
@@ -79,6 +79,8 @@ def setup(config: ml_collections.ConfigDict, dataset: Dataset | None = None) -> 
   if config.get('compress') and config.compress.get('method'):  # pruning masks, QAT, a distillation teacher
     from maasjax.compress.hooks import training_hooks
     task, model, tx = training_hooks(config, task, model, tx)
+  transfer.settings(config)  # config.init_from's keys, checked here for every command
+  tx = transfer.freeze(tx, config)  # config.init_from.freeze: those parameters are never updated
   mesh = parallel.create_mesh(config.mesh)
   multiple = parallel.batch_size_multiple(mesh)
   task_shards_batch = not task.replicate_batch
@@ -299,6 +301,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset:
   """
   t0 = time.time()
   exp = setup(config, dataset)  # validates names and settings before anything is written
+  # A run starting from scratch may take its parameters from another workdir: checked before writing.
+  init_plan = None if transfer.has_checkpoint(workdir) else transfer.plan(config, exp.steps.abstract_state)
   prepare_workdir(workdir)
   ckpt_lib.check_workdir_config(workdir, config)
   is_main = jax.process_index() == 0
@@ -308,6 +312,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset:
   resumed = state is not None
   if state is None:
     state = exp.steps.init()
+    if init_plan is not None:
+      state = transfer.load(init_plan, state)
+      if jax.process_index() == 0:
+        print(init_plan.describe(), flush=True)
   start_step = int(jax.device_get(state.step))
   num_steps = int(config.num_train_steps)
   if is_main:
