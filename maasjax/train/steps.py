@@ -91,6 +91,13 @@ class CompiledSteps:
   batch_sharding: NamedSharding = None  # where a global batch goes (sharded, or replicated by the task)
 
 
+def train_compiler_options(model, mesh: Mesh) -> dict | None:
+  """XLA options a model's class asks for its train step on CPU (`cpu_compiler_options`), else None."""
+  if mesh.devices.flat[0].platform != 'cpu':
+    return None
+  return dict(getattr(type(model), 'cpu_compiler_options', None) or {}) or None
+
+
 def compile_steps(model, task, tx, seed: int, mesh: Mesh, rules=(), privacy: dict | None = None) -> CompiledSteps:
   """The lm1b recipe: eval_shape(init) -> shardings from rules -> jit(init/train/eval).
 
@@ -105,7 +112,7 @@ def compile_steps(model, task, tx, seed: int, mesh: Mesh, rules=(), privacy: dic
   init = jax.jit(init_fn, out_shardings=shardings)
   step_fn = (make_private_train_step(model, task, tx, seed, **privacy) if privacy
              else make_train_step(model, task, tx, seed))
-  train_step = jax.jit(step_fn, in_shardings=(shardings, batch_sh),
-                       out_shardings=(shardings, rep), donate_argnums=0)
+  train_step = jax.jit(step_fn, in_shardings=(shardings, batch_sh), out_shardings=(shardings, rep),
+                       donate_argnums=0, compiler_options=train_compiler_options(model, mesh))
   eval_step = jax.jit(make_eval_step(model, task), in_shardings=(shardings, batch_sh), out_shardings=rep)
   return CompiledSteps(mesh, abstract, shardings, init, train_step, eval_step, batch_sh)
