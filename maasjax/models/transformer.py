@@ -41,6 +41,15 @@ def rotate(x_BxLxHxD, positions_BxL, base: float = 10000.0):
   return out.astype(x_BxLxHxD.dtype)
 
 
+def attention_with_dropout(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxLxS, dropout):
+  """Softmax attention with `dropout` (a flax Dropout) applied to the weights; masked keys get NEG_INF."""
+  logits_BxHxLxS = jnp.einsum('blhk,bshk->bhls', q_BxLxHxK, k_BxSxHxK).astype(jnp.float32) / jnp.sqrt(
+      jnp.float32(q_BxLxHxK.shape[-1]))
+  logits_BxHxLxS = jnp.where(mask_BxLxS[:, None], logits_BxHxLxS, NEG_INF)
+  probs_BxHxLxS = dropout(jax.nn.softmax(logits_BxHxLxS, axis=-1))
+  return jnp.einsum('bhls,bshk->blhk', probs_BxHxLxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+
+
 class Attention(nn.Module):
   """Multi-head dot-product attention with projections `query`, `key`, `value`, `out`.
 
@@ -89,12 +98,12 @@ class Attention(nn.Module):
       mask_BxLxS = mask_BxLxS & (slot_k_S[None, :] <= slot_q_L[:, None])[None]
       if cfg.window:  # sliding window: with rotary positions, generation past the trained length stays in range
         mask_BxLxS = mask_BxLxS & (slot_k_S[None, :] > slot_q_L[:, None] - cfg.window)[None]
-    logits_BxHxLxS = jnp.einsum('blhk,bshk->bhls', q_BxLxHxK, k_BxSxHxK).astype(jnp.float32) / jnp.sqrt(
-        jnp.float32(head_dim))
-    logits_BxHxLxS = jnp.where(mask_BxLxS[:, None], logits_BxHxLxS, NEG_INF)
-    probs_BxHxLxS = jax.nn.softmax(logits_BxHxLxS, axis=-1)
-    probs_BxHxLxS = nn.Dropout(cfg.attention_dropout, deterministic=self.deterministic)(probs_BxHxLxS)
-    out_BxLxHxK = jnp.einsum('bhls,bshk->blhk', probs_BxHxLxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+    if self.deterministic or not cfg.attention_dropout:
+      # One fusible op (float32 logits and softmax for bf16 inputs; a fused kernel where the backend has one).
+      out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_BxLxS[:, None])
+    else:  # dropout on the attention weights needs them spelled out
+      out_BxLxHxK = attention_with_dropout(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxLxS, nn.Dropout(
+          cfg.attention_dropout, deterministic=False))
     return nn.DenseGeneral(cfg.emb_dim, axis=(-2, -1), dtype=cfg.dtype, name='out')(out_BxLxHxK)
 
 
