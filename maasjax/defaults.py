@@ -12,6 +12,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.eval_every_steps = 250
   c.progress_bar = True
+  c.prefetch_batches = 2  # training batches built (and sent to the devices) ahead, on a thread; 0: inline
   # Parallelism (docs/tpu.md, docs/gpu.md): mesh axes 'data', 'fsdp', 'model' (-1 = the rest);
   # sharding.preset replicate | fsdp | tensor | fsdp_tensor; sharding.rules (regex, axes) win over it.
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'model': 1})

@@ -23,6 +23,7 @@ from maasjax.config import ConfigError, require
 from maasjax.data import Dataset, load_dataset
 from maasjax.models import build_model
 from maasjax.train import checkpoint as ckpt_lib, transfer
+from maasjax.train.prefetch import Prefetcher
 from maasjax.train.state import TrainState, count_params
 from maasjax.train.steps import CompiledSteps, compile_steps
 from maasjax.train.task_table import get_task
@@ -341,11 +342,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset:
   steady_start, steady_steps, end_time = None, start_step, None
   excluded = 0.0  # seconds since steady_start spent evaluating, logging and checkpointing
   window_start, window_step, window_excluded = loop_start, start_step, 0.0
+
+  def make_batch(step):  # on the prefetch thread, in step order: the stream stays a function of the step
+    local = (private_batch(exp, step) if exp.privacy else
+             exp.dataset.train_batch(step, config.batch_size, jax.process_index(), jax.process_count()))
+    return parallel.global_batch(exp.mesh, local, exp.steps.batch_sharding)
+
+  batches = Prefetcher(make_batch, start_step, num_steps, depth=int(config.get('prefetch_batches', 2)))
   try:
     for step in range(start_step, num_steps):
-      local = (private_batch(exp, step) if exp.privacy else
-               exp.dataset.train_batch(step, config.batch_size, jax.process_index(), jax.process_count()))
-      state, sums = exp.steps.train_step(state, parallel.global_batch(exp.mesh, local, exp.steps.batch_sharding))
+      state, sums = exp.steps.train_step(state, batches.get(step))
       pending.append(sums)
       done = step + 1
       if steady_start is None:
@@ -394,6 +400,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset:
     final_eval = evaluate_split(exp, state, 'validation', 'eval')
     final_test = evaluate_split(exp, state, 'test', 'test')
   finally:
+    batches.close()
     log.close()
     checkpointer.close()
   steady = None
