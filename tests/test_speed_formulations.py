@@ -1,0 +1,157 @@
+"""The faster formulations compute what the plain ones do: equal values and gradients (float tolerance),
+the same parameter trees; the CNN's XLA options reach its train step; batches prefetched in step order;
+`maasjax train` re-executes itself with the fast allocator."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import ROOT
+from maasjax.models.cnn import CNN, avg_pool_2x2, shifted_slice_conv
+from maasjax.models.transformer import DecoderLM, NEG_INF, attention_with_dropout
+from maasjax.train.prefetch import Prefetcher
+
+TOL = dict(rtol=2e-5, atol=2e-5)
+
+
+def close(a, b, **tol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), **(tol or TOL))
+
+
+@pytest.mark.parametrize('channels,kernel', [(1, 3), (3, 3), (2, 5)])
+def test_shifted_slice_conv_equals_convolution_values_and_gradients(channels, kernel):
+  kx, kk, kb = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (4, 9, 7, channels))
+  w = jax.random.normal(kk, (kernel, kernel, channels, 6))
+  b = jax.random.normal(kb, (6,))
+
+  def plain(x, w, b):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + b[None, None, None]
+
+  loss = lambda f: jax.jit(jax.value_and_grad(lambda *a: jnp.sum(jnp.sin(f(*a))), argnums=(0, 1, 2)))
+  close(loss(shifted_slice_conv)(x, w, b), loss(plain)(x, w, b))
+
+
+@pytest.mark.parametrize('size', [(8, 8), (7, 9)])
+def test_avg_pool_as_reshape_equals_avg_pool(size):
+  x = jax.random.normal(jax.random.key(1), (3, *size, 5))
+  pool = lambda f: jax.jit(jax.value_and_grad(lambda x: jnp.sum(jnp.cos(f(x)))))
+  close(pool(avg_pool_2x2)(x), pool(lambda x: nn.avg_pool(x, (2, 2), (2, 2)))(x))
+
+
+class PlainCNN(nn.Module):
+  """The CNN as written before: nn.Conv everywhere and nn.avg_pool (the reference)."""
+  features: tuple = (32, 64)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for width in self.features:
+      x = nn.avg_pool(nn.relu(nn.Conv(width, (3, 3))(x)), (2, 2), (2, 2))
+    x = nn.relu(nn.Dense(256)(jnp.reshape(x, (x.shape[0], -1))))
+    return nn.Dense(10)(x)
+
+
+def test_cnn_same_parameters_and_gradients_as_the_plain_formulation():
+  x = jax.random.normal(jax.random.key(2), (16, 28, 28, 1))
+  y = jax.random.randint(jax.random.key(3), (16,), 0, 10)
+  model, plain = CNN(num_classes=10), PlainCNN()
+  params = jax.jit(model.init)(jax.random.key(0), x)['params']
+  plain_params = jax.jit(plain.init)(jax.random.key(0), x)['params']
+  # Same names, shapes and initial values: checkpoints and sharding rules are unaffected.
+  assert jax.tree.structure(params) == jax.tree.structure(plain_params)
+  close(params, plain_params, rtol=0, atol=0)
+
+  def grads(m):
+    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(m.apply({'params': p}, x, train=True), y).mean()
+    return jax.jit(jax.value_and_grad(loss))(params)
+  close(grads(model), grads(plain))
+  # The slice form really is what training runs (and inference keeps the convolution).
+  train_ops = str(jax.make_jaxpr(lambda p: model.apply({'params': p}, x, train=True))(params))
+  eval_ops = str(jax.make_jaxpr(lambda p: model.apply({'params': p}, x))(params))
+  assert train_ops.count('conv_general_dilated') == 1 and eval_ops.count('conv_general_dilated') == 2
+
+
+def test_cnn_train_step_compiles_without_ynnpack_fusions(config_factory):
+  from maasjax.train.loop import setup
+  config = config_factory('digits_cnn', batch_size=8)
+  exp = setup(config)
+  state = exp.steps.init()
+  batch = jax.device_put(exp.dataset.train_batch(0, 8), exp.steps.batch_sharding)
+  text = exp.steps.train_step.lower(state, batch).compile().as_text()
+  assert '__ynn_fusion' not in text  # the fusion kind XLA:CPU gives this step without the option
+
+
+def test_fused_attention_path_equals_explicit_softmax_path():
+  tokens = jnp.array([[0, 0, 5, 6, 7, 8], [3, 4, 5, 6, 7, 8]], jnp.int32)  # left padding: fully masked rows
+  small = dict(vocab_size=20, num_layers=2, num_heads=2, emb_dim=16, mlp_dim=32, max_len=8, dropout=0.0)
+  fused = DecoderLM(attention_dropout=0.0, **small)
+  # Dropout at 1e-9 takes the explicit path (softmax weights, then dropout) and drops nothing.
+  explicit = DecoderLM(attention_dropout=1e-9, **small)
+  params = jax.jit(fused.init)(jax.random.key(0), tokens)['params']
+  labels = jnp.roll(tokens, -1, axis=1)
+
+  def grads(m):
+    def loss(p):
+      logits = m.apply({'params': p}, tokens, train=True, rngs={'dropout': jax.random.key(1)})
+      return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels) * (labels != 0))
+    return jax.jit(jax.value_and_grad(loss))(params)
+  close(grads(fused), grads(explicit))
+  q, k, v = jax.random.normal(jax.random.key(4), (3, 2, 6, 2, 8))
+  mask = jnp.tril(jnp.ones((6, 6), bool))[None].repeat(2, 0).at[0, :2].set(False)
+  np.testing.assert_allclose(jax.nn.dot_product_attention(q, k, v, mask=mask[:, None]),
+                             attention_with_dropout(q, k, v, mask, lambda p: p), **TOL)
+  assert NEG_INF < -1e8
+
+
+def test_prefetcher_builds_each_step_in_order_and_raises_errors_in_the_consumer():
+  seen = []
+
+  def make(step):
+    seen.append(step)
+    if step == 7:
+      raise ValueError('bad batch 7')
+    return {'step': step}
+  p = Prefetcher(make, 3, 10, depth=2)
+  assert [p.get(s)['step'] for s in range(3, 7)] == [3, 4, 5, 6]
+  with pytest.raises(ValueError, match='bad batch 7'):
+    p.get(7)
+  p.close()
+  assert seen == [3, 4, 5, 6, 7]  # the thread stopped at the failure
+  with pytest.raises(ValueError, match='expected step 5'):
+    Prefetcher(lambda s: s, 5, 9).get(6)
+  inline = Prefetcher(lambda s: s * 10, 0, 3, depth=0)
+  assert [inline.get(s) for s in range(3)] == [0, 10, 20]
+  slow = Prefetcher(lambda s: time.sleep(0.05) or s, 0, 1000, depth=2)
+  assert slow.get(0) == 0
+  slow.close()  # stops a producer with steps left
+  assert not slow._thread.is_alive()
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='glibc tunables and /proc are Linux')
+def test_maasjax_train_reexecutes_with_the_hugepage_allocator(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', 'MAASJAX_NO_REEXEC')}
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen([sys.executable, '-m', 'maasjax.cli', 'train', '--config', 'experiments/digits_cnn.py',
+                           '--workdir', str(workdir), '--config.num_train_steps=100000', '--config.progress_bar=false'],
+                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  try:
+    deadline = time.time() + 240
+    while not (workdir / 'config.json').exists():  # written once setup is done: the process is the trainer
+      assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+      assert time.time() < deadline
+      time.sleep(0.2)
+    with open(f'/proc/{proc.pid}/environ', 'rb') as f:  # same pid: os.execv replaced the process image
+      environ = dict(item.split(b'=', 1) for item in f.read().split(b'\0') if b'=' in item)
+    assert environ.get(b'GLIBC_TUNABLES') == b'glibc.malloc.hugetlb=1'
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
