@@ -130,8 +130,34 @@ class RandomTokens:
     return {'inputs': t[:, :-1], 'labels': t[:, 1:]}
 
 
+def plain_cnn_runner(exp, batches):
+  """maasjax's step for the CNN as it was written before this work (nn.Conv + nn.avg_pool everywhere,
+  XLA's default fusions): the same task, optimizer, mesh and compile_steps, only the model differs."""
+  import dataclasses
+  import flax.linen as nn
+  import jax.numpy as jnp
+  from maasjax import sharding
+  from maasjax.train.steps import compile_steps
+
+  class PlainCNN(nn.Module):
+    num_classes: int
+    features: tuple = (32, 64)
+    dense: int = 256
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+      for width in self.features:
+        x = nn.avg_pool(nn.relu(nn.Conv(width, kernel_size=(3, 3))(x)), window_shape=(2, 2), strides=(2, 2))
+      x = nn.relu(nn.Dense(self.dense)(jnp.reshape(x, (x.shape[0], -1))))
+      return nn.Dense(self.num_classes)(x)
+
+  model = PlainCNN(exp.model.num_classes, tuple(exp.model.features), exp.model.dense)
+  steps = compile_steps(model, exp.task, exp.tx, int(exp.config.seed), exp.mesh, sharding.plan(exp.config))
+  return JaxRunner(dataclasses.replace(exp, model=model, steps=steps), batches)
+
+
 def build(workload: str, num_batches: int = 4):
-  """(unit, items per step, JaxRunner, torch model factory, torch batches) for one workload."""
+  """(unit, items per step, {name: JaxRunner}, torch model factory, torch batches) for one workload."""
   import numpy as np
   import torch
   from maasjax import parallel
@@ -173,12 +199,15 @@ def build(workload: str, num_batches: int = 4):
   local = [exp.dataset.train_batch(s, config.batch_size) for s in range(num_batches)]
   jax_batches = [parallel.global_batch(exp.mesh, b, exp.steps.batch_sharding) for b in local]
   runner = JaxRunner(exp, jax_batches)
+  jax_runners = {'maasjax': runner}
+  if workload == 'mnist_cnn':
+    jax_runners['maasjax_plain'] = plain_cnn_runner(exp, jax_batches)
 
   def torch_model():
     model = make_model()
     model.load_from_flax(runner.params)
     return model
-  return unit, items, runner, torch_model, [to_torch(b) for b in local]
+  return unit, items, jax_runners, torch_model, [to_torch(b) for b in local]
 
 
 def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
@@ -197,12 +226,13 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
 
 def bench(workload: str, rounds: int, round_s: float, frameworks: list[str], log) -> dict:
   t0 = time.perf_counter()
-  unit, items, jax_runner, torch_model, torch_batches = build(workload)
+  unit, items, jax_runners, torch_model, torch_batches = build(workload)
+  jax_runner = jax_runners['maasjax']
   # Same weights, same first batch: the first losses must agree (the two compute the same thing).
-  first = {'maasjax': jax_runner.run(1)[0]}
-  runners = {'maasjax': jax_runner}
+  runners = {k: v for k, v in jax_runners.items() if k in frameworks}
+  first = {k: r.run(1)[0] for k, r in runners.items()}
   for fw in frameworks:
-    if fw != 'maasjax':
+    if fw.startswith('torch'):
       runners[fw] = TorchRunner(torch_model(), torch_batches, compiled=(fw == 'torch_compile'))
       first[fw] = runners[fw].run(1)[0]
   log(f'{workload}: first-step loss ' + ', '.join(f'{k} {v:.5f}' for k, v in first.items()) +
@@ -223,8 +253,9 @@ def bench(workload: str, rounds: int, round_s: float, frameworks: list[str], log
       rates[name].append(steps[name] * items / (time.perf_counter() - t1))
   flops = jax_runner.flops_per_step()
   result = {'workload': workload, 'unit': unit}
-  for name in ('maasjax', 'torch', 'torch_compile'):
-    result[name] = statistics.median(rates[name]) if name in rates else None
+  for name in ('maasjax', 'torch', 'torch_compile', 'maasjax_plain'):
+    if name in rates or name != 'maasjax_plain':
+      result[name] = statistics.median(rates[name]) if name in rates else None
   result.update(first_loss=first, rounds=rounds, spread={k: [min(v), max(v)] for k, v in rates.items()},
                 gflop_per_step=flops / 1e9, maasjax_gflops=flops / 1e9 * result['maasjax'] / items)
   return result
@@ -236,7 +267,8 @@ def main(argv=None) -> int:
   p.add_argument('--rounds', type=int, default=0)
   p.add_argument('--round_s', type=float, default=0.0)
   p.add_argument('--workloads', default='mnist_cnn,resnet,transformer_lm')
-  p.add_argument('--frameworks', default='maasjax,torch,torch_compile')
+  p.add_argument('--frameworks', default='maasjax,torch,torch_compile,maasjax_plain',
+                 help='maasjax_plain: the CNN as written before (plain convs and pooling, default XLA fusions)')
   p.add_argument('--allocator', default='hugetlb', choices=list(ALLOCATORS))
   p.add_argument('--json', action='store_true', help='print one JSON object per workload per line (only those)')
   args = p.parse_args(argv)
@@ -275,6 +307,10 @@ def main(argv=None) -> int:
     log(f'{r["workload"]:<15} {r["unit"]:<11} {fmt(r["maasjax"])} {fmt(r["torch"])} {fmt(r["torch_compile"])} '
         f'{ratio(r["maasjax"], r["torch"])} {ratio(r["maasjax"], r["torch_compile"])} '
         f'{r["maasjax_gflops"]:>8.1f} {100 * r["maasjax_gflops"] / gemm:>6.0f}%')
+  for r in results:
+    if r.get('maasjax_plain'):
+      log(f'{r["workload"]}: maasjax {r["maasjax"]:.0f} vs the plain formulation {r["maasjax_plain"]:.0f} '
+          f'{r["unit"]}: {r["maasjax"] / r["maasjax_plain"]:.2f}x')
   return 0
 
 
