@@ -99,8 +99,10 @@ def run_ray(base: str, trials: list[Trial], workdir: str, resources: dict[str, f
   todo, skipped = runner.pending(trials, workdir)
   if not todo:
     return {'done': [], 'skipped': skipped, 'failed': {}}
-  # Tune's own result loggers (CSV, JSON, TensorBoard) would copy what summary.json and the trial folders hold.
+  # Tune's own result loggers (CSV, JSON, TensorBoard) would copy what summary.json and the trial folders hold;
+  # its new output engine prints an experiment table even at verbose=0 (the one-line progress is ours).
   os.environ.setdefault('TUNE_DISABLE_AUTO_CALLBACK_LOGGERS', '1')
+  os.environ.setdefault('RAY_AIR_NEW_OUTPUT', '0')
   import ray
   from ray import tune
   quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
@@ -108,7 +110,7 @@ def run_ray(base: str, trials: list[Trial], workdir: str, resources: dict[str, f
     if address:
       ray.init(address=address, **quiet)
     else:
-      ray.init(num_cpus=parallel, include_dashboard=False, **quiet)
+      ray.init(address='local', num_cpus=parallel, include_dashboard=False, **quiet)  # not a RAY_ADDRESS one
   except ConnectionError as e:
     raise ConfigError(f'--ray-address {address}: could not connect to a Ray cluster ({e})') from None
   try:
