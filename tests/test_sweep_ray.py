@@ -1,5 +1,6 @@
 """The Ray engine: the same tiny sweep run by the local engine and as Ray Tune trials gives the same results.csv
-rows (training is deterministic); a rerun on Ray skips finished trials; bad engine flags are one-line errors."""
+rows (training is deterministic); a rerun on Ray skips finished trials and lists a failed one; bad engine flags
+are one-line errors that write nothing."""
 import csv
 import os
 import subprocess
@@ -13,10 +14,13 @@ from maasjax.cli import main
 SWEEP = '''
 CONFIG = {config!r}
 def get_sweep(h):
-  return h.product([h.fixed('config.num_train_steps', 20), h.fixed('config.log_every_steps', 10),
-                    h.fixed('config.eval_every_steps', 20), h.fixed('config.checkpoint.every_steps', 20),
-                    h.sweep('config.seed', [0, 1])])
+  trials = h.product([h.fixed('config.num_train_steps', 20), h.fixed('config.log_every_steps', 10),
+                      h.fixed('config.eval_every_steps', 20), h.fixed('config.checkpoint.every_steps', 20),
+                      h.sweep('config.seed', [0, 1])])
+  return h.chainit([trials, {extra}])
 '''
+# Added for the rerun: a trial the trainer refuses in a few seconds, so Ray starts while the others are finished.
+REFUSED = "h.fixed('config.model.features', (0,))"
 
 
 def _rows(workdir):
@@ -25,9 +29,10 @@ def _rows(workdir):
     return {r['trial']: {k: v for k, v in r.items() if '/' in k} for r in csv.DictReader(f)}
 
 
-def test_ray_engine_gives_the_local_engines_rows_and_skips_finished_trials_on_rerun(tmp_path, capsys):
+def test_ray_engine_gives_the_local_engines_rows_and_skips_finished_trials_on_rerun(tmp_path):
   sweep_file = tmp_path / 'tiny.py'
-  sweep_file.write_text(SWEEP.format(config=os.path.join(ROOT, 'experiments', 'digits_cnn.py')))
+  config = os.path.join(ROOT, 'experiments', 'digits_cnn.py')
+  sweep_file.write_text(SWEEP.format(config=config, extra='[]'))
   local, on_ray = tmp_path / 'local', tmp_path / 'ray'
   cmd = [sys.executable, '-m', 'maasjax.cli', 'sweep', str(sweep_file)]
   # The two engines at once: a trial is mostly one busy thread (imports, compiles), and this halves the wait.
@@ -45,10 +50,15 @@ def test_ray_engine_gives_the_local_engines_rows_and_skips_finished_trials_on_re
 
   summaries = [on_ray / name / 'summary.json' for name in rows]
   before = [os.stat(p).st_mtime_ns for p in summaries]
-  assert main(['sweep', str(sweep_file), '--workdir', str(on_ray), '--engine', 'ray']) == 0
-  out = capsys.readouterr().out
-  assert out.count('already finished; skipped') == 2 and 'started' not in out
-  assert [os.stat(p).st_mtime_ns for p in summaries] == before
+  sweep_file.write_text(SWEEP.format(config=config, extra=REFUSED))
+  rerun = subprocess.run(cmd + ['--workdir', str(on_ray), '--engine', 'ray'], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+  assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+  assert rerun.stdout.count('already finished; skipped') == 2 and rerun.stdout.count('sweep: started') == 1
+  assert 'sweep: started model.features=0 (Ray Tune trial' in rerun.stdout
+  assert 'sweep: FAILED model.features=0 (exit code 2)' in rerun.stdout
+  assert "model 'cnn' expects a non-empty tuple" in rerun.stdout  # the end of its train.log, as locally
+  assert [os.stat(p).st_mtime_ns for p in summaries] == before  # not retrained
   assert _rows(on_ray) == rows
 
 

@@ -36,6 +36,21 @@ def parse_resources(text: str) -> dict[str, float]:
   return resources
 
 
+def _check_fits(resources: dict[str, float], cluster: dict[str, float], autoscaling: bool) -> None:
+  """Tune waits for resources forever: a trial this Ray instance can never hold is an error, not a hang (on a
+  cluster, whose autoscaler may add nodes, only a line saying what is missing)."""
+  missing = {name: amount for name, amount in resources.items()
+             if cluster.get({'cpu': 'CPU', 'gpu': 'GPU'}.get(name, name), 0) < amount}
+  if not missing:
+    return
+  have = ', '.join(f'{k}: {v:g}' for k, v in sorted(cluster.items())
+                  if k != 'memory' and not k.startswith(('node:', 'object_store')))
+  text = f'a trial asks for {json.dumps(missing)} and Ray has {{{have}}}'
+  if not autoscaling:
+    raise ConfigError(f'--resources {json.dumps(resources)}: {text} (locally Ray has --parallel CPUs)')
+  print(f'sweep: {text} now; trials wait until the cluster has it', flush=True)
+
+
 def require_ray() -> None:
   try:
     import ray  # noqa: F401
@@ -58,6 +73,7 @@ def _trainable(base: str, base_rel: str, workdir: str, trials: dict[str, Trial])
     from ray import tune
     name = config['trial']
     trial_dir = os.path.join(workdir, name)
+    code = 0
     if not runner.is_finished(trial_dir):  # e.g. Ray restarting a trial whose process had already finished
       # On a cluster the driver's absolute path may not exist on this node (ray job submit --working-dir):
       # the config is then where the job's working directory put it, relative as the driver saw it.
@@ -65,9 +81,10 @@ def _trainable(base: str, base_rel: str, workdir: str, trials: dict[str, Trial])
       with runner.open_log(trial_dir) as log:
         code = subprocess.run(runner.command(path, trial_dir, trials[name]), stdout=log,
                               stderr=subprocess.STDOUT).returncode
-      if code != 0 or not runner.is_finished(trial_dir):
-        raise RuntimeError(f'maasjax train exited with code {code}; see {os.path.join(trial_dir, "train.log")}')
-    tune.report(_final_metrics(trial_dir))
+    # A trainer that refused its config or crashed is not a Tune error (no traceback, not retried): its
+    # train.log says why, and the driver lists it as the local engine does.
+    finished = code == 0 and runner.is_finished(trial_dir)
+    tune.report({'exit_code': code, **(_final_metrics(trial_dir) if finished else {})})
 
   return train_trial
 
@@ -82,10 +99,12 @@ def _progress_callback():
       print(f'sweep: started {trial.config["trial"]} (Ray Tune trial {trial.trial_id})', flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-      print(f'sweep: finished {trial.config["trial"]}', flush=True)
+      code = (trial.last_result or {}).get('exit_code')
+      print(f'sweep: finished {trial.config["trial"]}' if code == 0 else
+            f'sweep: FAILED {trial.config["trial"]} (exit code {code})', flush=True)
 
-    def on_trial_error(self, iteration, trials, trial, **info):
-      print(f'sweep: FAILED {trial.config["trial"]}', flush=True)
+    def on_trial_error(self, iteration, trials, trial, **info):  # Ray's failure: a lost node or worker
+      print(f'sweep: FAILED {trial.config["trial"]} (Ray: {trial.error_file or "trial error"})', flush=True)
 
   return Progress()
 
@@ -114,6 +133,7 @@ def run_ray(base: str, trials: list[Trial], workdir: str, resources: dict[str, f
   except ConnectionError as e:
     raise ConfigError(f'--ray-address {address}: could not connect to a Ray cluster ({e})') from None
   try:
+    _check_fits(resources, ray.cluster_resources(), autoscaling=bool(address))
     tuner = tune.Tuner(
         tune.with_resources(_trainable(os.path.abspath(base), os.path.relpath(base), workdir, dict(todo)),
                             resources),
