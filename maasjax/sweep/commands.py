@@ -9,7 +9,9 @@ def sweep_args(p) -> None:
   p.add_argument('sweep', nargs='?', help='a sweep file: CONFIG = "experiments/x.py" and get_sweep(h)')
   p.add_argument('--config', help='instead of a sweep file: an experiment config that defines get_hyper(h)')
   p.add_argument('--workdir', required=True, help='one folder per trial goes here, plus results.*')
-  p.add_argument('--parallel', type=int, default=1, help='trials at once on this machine (the cores are split)')
+  p.add_argument('--parallel', type=int, default=1,
+                 help='trials at once on this machine (the cores are split); with --engine ray and no '
+                      '--ray-address, the local Ray instance\'s CPUs')
   p.add_argument('--engine', default='local', choices=('local', 'ray'),
                  help='local (one maasjax train process per trial on this machine) or ray (the same trials as '
                       "Ray Tune trials; pip install 'maasjax[ray]'; docs/sweeps.md)")

@@ -122,6 +122,9 @@ def run_ray(base: str, trials: list[Trial], workdir: str, resources: dict[str, f
   # its new output engine prints an experiment table even at verbose=0 (the one-line progress is ours).
   os.environ.setdefault('TUNE_DISABLE_AUTO_CALLBACK_LOGGERS', '1')
   os.environ.setdefault('RAY_AIR_NEW_OUTPUT', '0')
+  # Ctrl-C stops the sweep as it stops the local engine (exit 130, the trials resume next time); Tune's own
+  # handler would end fit() quietly and the interrupted trials would be listed as failed.
+  os.environ.setdefault('TUNE_DISABLE_SIGINT_HANDLER', '1')
   import ray
   from ray import tune
   quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
