@@ -17,7 +17,7 @@ def sweep_args(p) -> None:
                       "Ray Tune trials; pip install 'maasjax[ray]'; docs/sweeps.md)")
   p.add_argument('--resources', help='--engine ray: what each trial holds, as JSON (default {"cpu": 1}), e.g. '
                                      '\'{"TPU": 4}\' or \'{"gpu": 1}\'')
-  p.add_argument('--ray-address', help='--engine ray: an existing Ray cluster (e.g. auto, or ray://HEAD:10001); '
+  p.add_argument('--ray-address', help='--engine ray: an existing Ray cluster (auto inside ray job submit, or HEAD_IP:6379); '
                                        'without it a local Ray instance with --parallel CPUs')
 
 
