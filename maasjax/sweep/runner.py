@@ -65,7 +65,6 @@ def _short(value: Any) -> str:
   return re.sub(r'[^A-Za-z0-9_.+-]', '', str(value)) or 'empty'
 
 
-
 def trial_names(trials: list[Trial]) -> list[str]:
   """Readable and unique: 'optimizer.learning_rate=0.003,seed=1' (the overrides without 'config.')."""
   names, seen = [], {}
@@ -81,25 +80,44 @@ def is_finished(trial_dir: str) -> bool:
   return os.path.exists(os.path.join(trial_dir, 'summary.json'))
 
 
-def _command(base: str, trial_dir: str, trial: Trial) -> list[str]:
+def command(base: str, trial_dir: str, trial: Trial) -> list[str]:
+  """The trial's `maasjax train` command line (the Python of the process that starts it, local or a Ray worker)."""
   overrides = [f'--{k}={v!r}' if isinstance(v, (tuple, list)) else f'--{k}={v}' for k, v in trial.items()]
   return [sys.executable, '-m', 'maasjax.cli', 'train', '--config', base, '--workdir', trial_dir, *overrides,
           '--config.progress_bar=false']
 
 
-def run_local(base: str, trials: list[Trial], workdir: str, parallel: int = 1) -> dict[str, Any]:
-  """Runs what is not finished, `parallel` at a time; returns {'done', 'skipped', 'failed': {name: log tail}}."""
-  from tqdm.auto import tqdm
-  names = trial_names(trials)
-  os.makedirs(workdir, exist_ok=True)
-  todo = []
-  skipped = []
-  for name, trial in zip(names, trials):
+def open_log(trial_dir: str):
+  """The trial's train.log, appended to (a resumed trial keeps the earlier attempts' output)."""
+  os.makedirs(trial_dir, exist_ok=True)
+  return open(os.path.join(trial_dir, 'train.log'), 'a')
+
+
+def log_tail(trial_dir: str, lines: int = 5) -> str:
+  path = os.path.join(trial_dir, 'train.log')
+  if not os.path.exists(path):
+    return '(no train.log: the trial never started)\n'
+  with open(path, errors='replace') as f:
+    return ''.join(f.readlines()[-lines:])
+
+
+def pending(trials: list[Trial], workdir: str) -> tuple[list[tuple[str, Trial]], list[str]]:
+  """(the trials still to run as (name, trial), the names of finished ones): a finished trial has summary.json."""
+  todo, skipped = [], []
+  for name, trial in zip(trial_names(trials), trials):
     if is_finished(os.path.join(workdir, name)):
       skipped.append(name)
       print(f'sweep: {name} already finished; skipped', flush=True)
     else:
       todo.append((name, trial))
+  return todo, skipped
+
+
+def run_local(base: str, trials: list[Trial], workdir: str, parallel: int = 1) -> dict[str, Any]:
+  """Runs what is not finished, `parallel` at a time; returns {'done', 'skipped', 'failed': {name: log tail}}."""
+  from tqdm.auto import tqdm
+  os.makedirs(workdir, exist_ok=True)
+  todo, skipped = pending(trials, workdir)
   cores = sorted(os.sched_getaffinity(0))
   per = max(1, len(cores) // max(1, parallel))
   free_slots = list(range(max(1, parallel)))
@@ -113,10 +131,9 @@ def run_local(base: str, trials: list[Trial], workdir: str, parallel: int = 1) -
         slot = free_slots.pop(0)
         name, trial = queue.pop(0)
         trial_dir = os.path.join(workdir, name)
-        os.makedirs(trial_dir, exist_ok=True)
-        log = open(os.path.join(trial_dir, 'train.log'), 'a')
+        log = open_log(trial_dir)
         mine = set(cores[(slot * per) % len(cores):(slot * per) % len(cores) + per]) or set(cores)
-        proc = subprocess.Popen(_command(base, trial_dir, trial), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(command(base, trial_dir, trial), stdout=log, stderr=subprocess.STDOUT,
                                 preexec_fn=lambda mine=mine: os.sched_setaffinity(0, mine))
         running[proc.pid] = (proc, name, log, slot)
         bar.write(f'sweep: started {name} (cores {sorted(mine)})')
@@ -132,8 +149,7 @@ def run_local(base: str, trials: list[Trial], workdir: str, parallel: int = 1) -
           done.append(name)
           bar.write(f'sweep: finished {name}')
         else:
-          with open(os.path.join(workdir, name, 'train.log'), errors='replace') as f:
-            failed[name] = ''.join(f.readlines()[-5:])
+          failed[name] = log_tail(os.path.join(workdir, name))
           bar.write(f'sweep: FAILED {name} (exit code {proc.returncode})')
   finally:
     for proc, *_ in running.values():  # interrupted: the trials resume from their checkpoints next time
