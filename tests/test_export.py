@@ -95,7 +95,7 @@ def test_export_refuses_a_savedmodel_that_does_not_reproduce_jax(exported, monke
   workdir, base = exported['workdirs']['digits'], exported['base']
   with open(os.path.join(workdir, 'config.json')) as f:
     config = from_json(f.read())
-  with pytest.raises(ParityError, match=r'refused(.|\n)*serving_default/logits: max abs difference \S+ > 1e-05'):
+  with pytest.raises(ParityError, match=r'refused(.|\n)*serving_default/logits: max abs difference \S+ > \S+'):
     export_workdir(config, workdir, 'digits', base, parity_examples=8, platforms=('cpu',))
   assert layout.list_versions(os.path.join(base, 'digits')) == [1]  # version 2 was never published
   assert not [d for d in os.listdir(os.path.join(base, 'digits')) if d.startswith('.tmp')]
@@ -109,6 +109,10 @@ def test_compare_reports_each_output_over_its_bound():
   assert len(failures) == 2 and 'max abs difference 3e-05 > 1e-05' in failures[1]
   _, failures = compare(ref, dict(ref), {'s': 1e-5})
   assert failures == []
+  big = {'s/logits': np.full((2, 3), 30.0, np.float32)}  # the bound scales with the output: 1e-5 x 30
+  assert compare(big, {'s/logits': big['s/logits'] + 2e-4}, {'s': 1e-5})[1] == []
+  (failure,) = compare(big, {'s/logits': big['s/logits'] + 5e-4}, {'s': 1e-5})[1]
+  assert '> 0.0003 (1e-05 x its largest |value| 30)' in failure
 
 
 def test_model_name_check():

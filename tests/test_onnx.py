@@ -35,3 +35,22 @@ def test_onnx_export_runs_in_onnxruntime_without_jax(exported, tmp_path):
   saved = load_savedmodel(os.path.join(exported['base'], 'digits', '1'), 'digits', 1)
   want = np.concatenate([saved.run('serving_default', {'inputs': x[i:i + 64]})['classes'] for i in range(0, 256, 64)])
   np.testing.assert_array_equal(np.load(tmp_path / 'c.npy'), want)
+
+
+def test_int8_onnx_is_quantized_smaller_and_agrees_on_classes(exported, tmp_path):
+  import onnx
+  out = str(tmp_path / 'triton8')
+  result = run_cli('export', '--format', 'onnx', '--int8', '--workdir', exported['workdirs']['digits'],
+                   '--model-name', 'digits', '--out', out)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'int8: classes equal to JAX on ' in result.stdout and result.stderr.strip() == '', result.stderr
+  agreement = float(result.stdout.split('classes equal to JAX on ')[1].split('%')[0])
+  assert agreement >= 99.0
+  model = onnx.load(os.path.join(out, 'digits', '1', 'model.onnx'))
+  int8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1]
+  assert len(int8_weights) == 4 and any(n.op_type == 'QuantizeLinear' for n in model.graph.node)  # 2 convs, 2 dense
+  float_weights = [t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+                   and np.prod(t.dims) > 16 and not t.name.endswith('_scale')]  # per-channel scales stay float
+  assert not float_weights, float_weights
+  assert run_cli('export', '--int8', '--workdir', exported['workdirs']['digits'], '--model-name', 'x',
+                 '--out', out).returncode == 2
