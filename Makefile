@@ -21,8 +21,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m maasjax.demo --workdir $(WORKDIR)
 
+# The notebooks run too (nbmake), at their smoke size (MAASJAX_SMOKE=1): a notebook that breaks fails the tests.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadgroup tests
+	MAASJAX_SMOKE=1 $(BIN)/python -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadgroup --nbmake tests notebooks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
