@@ -98,12 +98,14 @@ class Attention(nn.Module):
       mask_BxLxS = mask_BxLxS & (slot_k_S[None, :] <= slot_q_L[:, None])[None]
       if cfg.window:  # sliding window: with rotary positions, generation past the trained length stays in range
         mask_BxLxS = mask_BxLxS & (slot_k_S[None, :] > slot_q_L[:, None] - cfg.window)[None]
-    if self.deterministic or not cfg.attention_dropout:
-      # One fusible op (float32 logits and softmax for bf16 inputs; a fused kernel where the backend has one).
+    if (self.deterministic or not cfg.attention_dropout) and jnp.dtype(cfg.dtype) == jnp.float32:
+      # One fusible op (faster on XLA:CPU). Not for bf16: its XLA form accumulates the scores in float32, so the
+      # backward multiplies float32 score gradients (a multi-pass matmul on a TPU); the explicit path below
+      # multiplies bf16 throughout, with the softmax in float32.
       out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_BxLxS[:, None])
-    else:  # dropout on the attention weights needs them spelled out
+    else:  # bf16, or dropout on the attention weights: spelled out
       out_BxLxHxK = attention_with_dropout(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxLxS, nn.Dropout(
-          cfg.attention_dropout, deterministic=False))
+          cfg.attention_dropout, deterministic=self.deterministic or not cfg.attention_dropout))
     return nn.DenseGeneral(cfg.emb_dim, axis=(-2, -1), dtype=cfg.dtype, name='out')(out_BxLxHxK)
 
 
