@@ -66,7 +66,7 @@ def generate_text(workdir: str, prompts: list[str], max_new_tokens: int | None =
 
   import jax
 
-  from maasjax.data.tokenizers import tokenizer_from_info
+  from maasjax.tokenizers import tokenizer_from_info
   from maasjax.models import build_model, decoding
   from maasjax.train.loop import model_extra_fields, restore_latest
   config, info = load_workdir_config(workdir), load_dataset_info(workdir)

@@ -19,6 +19,11 @@ def export_args(p):
                  help='savedmodel (default: TF Serving layout, with the JAX artifact beside it) or onnx '
                       '(Triton model repository: OUT/NAME/VERSION/model.onnx + OUT/NAME/config.pbtxt)')
   p.add_argument('--max-batch-size', type=int, default=32, help='onnx: max_batch_size in config.pbtxt')
+  p.add_argument('--decode-slots', type=int, default=8,
+                 help='decoder LMs: requests decoded at once by the streaming server (/v1/completions; default 8, '
+                      '0: no completions serving)')
+  p.add_argument('--max-length', type=int, default=None,
+                 help='decoder LMs: prompt + generated tokens per request (default: the training context)')
 
 
 def export(args, overrides):
@@ -39,8 +44,10 @@ def export(args, overrides):
           'inputs: ' + ', '.join(f'{k}={v:.2g}' for k, v in result.max_abs_diff.items()))
     return
   from maasjax.export.exporter import export_workdir
+  if args.decode_slots < 0:
+    raise ConfigError(f'--decode-slots {args.decode_slots}: expected 0 (no completions serving) or more')
   result = export_workdir(config, args.workdir, args.model_name, args.out, args.version, platforms,
-                          args.parity_examples, args.step)
+                          args.parity_examples, args.step, args.decode_slots, args.max_length)
   print(f'exported {result.path} in {result.seconds:.1f} s; parity on {result.num_examples} held-out inputs: '
         + ', '.join(f'{k}={v:.2g}' for k, v in result.max_abs_diff.items()))
 
