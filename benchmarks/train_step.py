@@ -23,7 +23,6 @@ as a fraction of a 2048x2048 fp32 matmul measured in the same run.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
