@@ -66,7 +66,7 @@ def generate_text(workdir: str, prompts: list[str], max_new_tokens: int | None =
 
   import jax
 
-  from maasjax.data.tokenizers import tokenizer_from_info
+  from maasjax.tokenizers import tokenizer_from_info
   from maasjax.models import build_model, decoding
   from maasjax.train.loop import model_extra_fields, restore_latest
   config, info = load_workdir_config(workdir), load_dataset_info(workdir)
@@ -94,6 +94,36 @@ def generate_text(workdir: str, prompts: list[str], max_new_tokens: int | None =
   return task, [tok.decode(row) for row in out]
 
 
+def generate_remote(server: str, model: str | None, prompts: list[str], max_new_tokens: int | None,
+                    temperature: float, top_k: int, seed: int, api_key: str | None = None) -> list[str]:
+  """One continuation per prompt from a server's /v1/completions (the route OpenAI clients use)."""
+  import httpx
+  base = server.rstrip('/')
+  base = base if base.endswith('/v1') else base + '/v1'
+  headers = {'Authorization': f'Bearer {api_key}'} if api_key else {}
+  try:
+    with httpx.Client(base_url=base, headers=headers, timeout=600) as client:
+      if model is None:
+        listed = client.get('/models')
+        names = [m['id'] for m in listed.json().get('data', [])] if listed.status_code == 200 else []
+        if len(names) != 1:
+          raise ConfigError(f'--server {server} serves {len(names)} language models ({", ".join(names) or "none"}); '
+                            'name one with --model')
+        model = names[0]
+      body = {'model': model, 'prompt': prompts, 'max_tokens': 200 if max_new_tokens is None else max_new_tokens,
+              'temperature': temperature, 'top_k': top_k, 'seed': seed}
+      r = client.post('/completions', json=body)
+  except httpx.HTTPError as e:
+    raise ConfigError(f'--server {server}: {type(e).__name__}: {e}') from None
+  if r.status_code != 200:
+    try:
+      message = r.json()['error']['message']
+    except (ValueError, KeyError, TypeError):
+      message = r.text[:300]
+    raise ConfigError(f'--server {server}: {r.status_code}: {message}')
+  return [c['text'] for c in sorted(r.json()['choices'], key=lambda c: c['index'])]
+
+
 class _Deprecated(argparse.Action):
   """An old underscore spelling of a flag: stored under the new one's name, with a line saying so."""
 
@@ -107,7 +137,12 @@ class _Deprecated(argparse.Action):
 
 
 def add_args(p):
-  p.add_argument('--workdir', required=True, help='a workdir trained with a transformer_lm or transformer_seq2seq config')
+  p.add_argument('--workdir', help='a workdir trained with a transformer_lm or transformer_seq2seq config')
+  p.add_argument('--server', help='instead of --workdir: a maasjax serve URL (http://HOST:PORT), through its '
+                                  '/v1/completions route')
+  p.add_argument('--model', help='with --server: the served model (default: the only language model it serves)')
+  p.add_argument('--api-key', default=os.environ.get('MAASJAX_API_KEY'),
+                 help='with --server: the API key (default $MAASJAX_API_KEY)')
   p.add_argument('--prompt', required=True, action='append',
                  help='text to continue (LM) or to transform (seq2seq); repeat for a batch of prompts')
   p.add_argument('--max-new-tokens', type=int, default=None,
@@ -123,6 +158,14 @@ def add_args(p):
 
 
 def run(args, overrides):
+  if (args.workdir is None) == (args.server is None):
+    raise ConfigError('give one of --workdir (a trained checkpoint) or --server (a maasjax serve URL)')
+  if args.server:
+    outputs = generate_remote(args.server, args.model, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                              args.seed, args.api_key)
+    for prompt, out in zip(args.prompt, outputs):
+      print(prompt + out if len(args.prompt) == 1 else f'{prompt} -> {out}', flush=True)
+    return
   task, outputs = generate_text(args.workdir, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
                                 args.seed, use_cache=not args.no_cache)
   continuation = task == 'language_modelling' and len(args.prompt) == 1

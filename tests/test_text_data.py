@@ -10,7 +10,7 @@ from maasjax.config import ConfigError
 from maasjax.data import load_dataset
 from maasjax.data.sequences import load_digit_seq2seq, load_majority_digit
 from maasjax.data.text import BUNDLED_TEXT, char_lm_dataset, load_char_text, unigram_entropy
-from maasjax.data.tokenizers import ByteVocab, CharVocab, tokenizer_from_info
+from maasjax.tokenizers import ByteVocab, CharVocab, tokenizer_from_info
 
 
 def _cfg(**kw):

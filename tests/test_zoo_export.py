@@ -74,7 +74,7 @@ def test_every_family_exports_with_truthful_metadata(zoo):
   text = tok['chars'][::-1][:20]
   config, workdir, _ = out['char_lm']
   exp, _, _ = restore_latest(config, workdir)
-  from maasjax.data.tokenizers import tokenizer_from_info
+  from maasjax.tokenizers import tokenizer_from_info
   assert [tok['chars'].index(c) + tok['offset'] for c in text] == tokenizer_from_info(exp.dataset.info).encode(
       text).tolist()
   assert sorted(layout.list_models(base)) == ['char-lm', 'karate-gcn']

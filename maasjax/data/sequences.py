@@ -8,7 +8,7 @@ import numpy as np
 
 from maasjax.config import ConfigError
 from maasjax.data.base import ArrayDataset, DatasetInfo
-from maasjax.data.tokenizers import CharVocab
+from maasjax.tokenizers import CharVocab
 
 SEQ2SEQ_TASKS = ('reverse', 'sort', 'add')
 DIGITS = '0123456789'

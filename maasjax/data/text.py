@@ -14,7 +14,7 @@ from maasjax.config import ConfigError
 from maasjax.data.base import (Batch, Dataset, DatasetInfo, EpochPermutations, host_slice, padded_batches,
                                stream_indices)
 from maasjax.data.tfds_source import prepared_builder
-from maasjax.data.tokenizers import ByteVocab, CharVocab
+from maasjax.tokenizers import ByteVocab, CharVocab
 
 # An original text written for this repository (Apache-2.0, like the code): the default char LM corpus.
 BUNDLED_TEXT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'texts', 'keepers_log.txt')

@@ -22,6 +22,11 @@ def export_args(p):
   p.add_argument('--int8', action='store_true',
                  help='onnx: quantize to int8 (onnxruntime static QDQ, calibrated on training batches); refused '
                       'unless its classes equal JAX\'s on 99%% of the held-out inputs')
+  p.add_argument('--decode-slots', type=int, default=8,
+                 help='decoder LMs: requests decoded at once by the streaming server (/v1/completions; default 8, '
+                      '0: no completions serving)')
+  p.add_argument('--max-length', type=int, default=None,
+                 help='decoder LMs: prompt + generated tokens per request (default: the training context)')
 
 
 def export(args, overrides):
@@ -49,8 +54,10 @@ def export(args, overrides):
             f'{i8["float_bytes"]:,} float ({i8["float_bytes"] / i8["int8_bytes"]:.2f}x smaller)')
     return
   from maasjax.export.exporter import export_workdir
+  if args.decode_slots < 0:
+    raise ConfigError(f'--decode-slots {args.decode_slots}: expected 0 (no completions serving) or more')
   result = export_workdir(config, args.workdir, args.model_name, args.out, args.version, platforms,
-                          args.parity_examples, args.step)
+                          args.parity_examples, args.step, args.decode_slots, args.max_length)
   print(f'exported {result.path} in {result.seconds:.1f} s; parity on {result.num_examples} held-out inputs: '
         + ', '.join(f'{k}={v:.2g}' for k, v in result.max_abs_diff.items()))
 

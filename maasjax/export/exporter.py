@@ -89,7 +89,7 @@ def shape_axes(sig: Signature, variables, inputs: dict[str, np.ndarray]) -> tupl
 
 def tokenizer_metadata(info) -> dict | None:
   """How a REST client maps text to the token ids a text model takes (None for other data)."""
-  from maasjax.data.tokenizers import tokenizer_from_info
+  from maasjax.tokenizers import tokenizer_from_info
   if 'tokenizer' not in info.extra:
     return None
   tok = tokenizer_from_info(info)
@@ -148,8 +148,12 @@ def compare(jax_out: dict[str, np.ndarray], tf_out: dict[str, np.ndarray], toler
 
 def export_workdir(config, workdir: str, model_name: str, out: str, version: int | None = None,
                    platforms: tuple[str, ...] = DEFAULT_PLATFORMS, parity_examples: int = 64,
-                   step: int | None = None) -> ExportResult:
-  """Exports the workdir's latest (or given) checkpoint as `out/model_name/version/`."""
+                   step: int | None = None, decode_slots: int = 8, max_length: int | None = None) -> ExportResult:
+  """Exports the workdir's latest (or given) checkpoint as `out/model_name/version/`.
+
+  A decoder LM also gets the decode-slot modules a streaming server runs (maasjax.export.lm): `decode_slots`
+  slots (0: none) of `max_length` tokens (default: the training context).
+  """
   t0 = time.time()
   layout.check_model_name(model_name)
   model_dir = os.path.join(out, model_name)
@@ -169,6 +173,12 @@ def export_workdir(config, workdir: str, model_name: str, out: str, version: int
 
   exp, state, ckpt_step = restore_latest(config, workdir, step)
   sigs = signatures_for(exp.task, exp.model)
+  from maasjax.models.transformer import DecoderLM
+  from maasjax.export import lm
+  serves_lm = decode_slots > 0 and isinstance(exp.model, DecoderLM) and exp.task.name == 'language_modelling'
+  if serves_lm:
+    max_length = int(exp.dataset.info.input_shape[0]) if max_length is None else max_length
+    lm.check_settings(exp.model, decode_slots, max_length)  # before any slow work
   variables = jax.device_get({'params': state.params, **state.model_state})
 
   # The JAX reference, computed before any TF tracing, with the same jit path training used.
@@ -205,6 +215,12 @@ def export_workdir(config, workdir: str, model_name: str, out: str, version: int
                for k, v in jax.device_get(art_fns[name](art_vars, x_by_sig[name])).items()}
     art_diffs, art_failures = compare(jax_out, art_out, {n: s.tolerance for n, s in sigs.items()})
     failures += [f'jax.export module: {f}' for f in art_failures]
+    lm_meta = None
+    if serves_lm and not failures:
+      from maasjax.tokenizers import tokenizer_from_info
+      prompt = inputs[f'{SERVING_DEFAULT}/tokens'][0]
+      lm_meta = lm.write(tmp, exp.model, variables, decode_slots, max_length, tuple(platforms),
+                         tokenizer_from_info(exp.dataset.info).eos_id, prompt[prompt != 0])
     if failures:
       raise ParityError(f'export of {workdir} refused: the SavedModel reloaded in TF does not reproduce JAX on '
                         f'{examples[SERVING_DEFAULT]["num_examples"]} held-out {examples[SERVING_DEFAULT]["unit"]}:'
@@ -241,6 +257,8 @@ def export_workdir(config, workdir: str, model_name: str, out: str, version: int
     tokenizer = tokenizer_metadata(exp.dataset.info)
     if tokenizer:
       meta['tokenizer'] = tokenizer
+    if lm_meta:
+      meta['lm'] = lm_meta  # what `maasjax serve` offers on /v1/completions
     os.makedirs(os.path.join(tmp, os.path.dirname(layout.METADATA_PATH)), exist_ok=True)
     with open(os.path.join(tmp, layout.METADATA_PATH), 'w') as f:
       json.dump(meta, f, indent=2, sort_keys=True)

@@ -25,10 +25,10 @@ def row_keys(rng, batch: int):
   return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(batch))
 
 
-def sample_logits(logits_BxV, rng, temperature=0.0, top_k: int = 0):
+def sample_logits(logits_BxV, rng, temperature=0.0, top_k=0):
   """Greedy where the temperature is 0, else a sample from softmax(logits / T) over the top k (0: all).
 
-  `temperature` is a number or one per row [B] (a served `generate` takes it per request).
+  `temperature` and `top_k` are numbers or one per row [B] (a served model takes them per request).
   """
   logits_BxV = logits_BxV.astype(jnp.float32).at[:, PAD_ID].set(-jnp.inf)  # padding is never generated
   greedy_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
@@ -36,11 +36,16 @@ def sample_logits(logits_BxV, rng, temperature=0.0, top_k: int = 0):
     return greedy_B
   t_B = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), greedy_B.shape)
   logits_BxV = logits_BxV / jnp.maximum(t_B, 1e-6)[:, None]
-  if top_k:
-    # A sort, not lax.top_k: TF 2.21 cannot load the StableHLO jax emits for top_k (exported `generate`).
-    vocab = logits_BxV.shape[-1]
-    kth_Bx1 = jnp.sort(logits_BxV, axis=-1)[:, vocab - min(top_k, vocab)][:, None]
-    logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
+  vocab = logits_BxV.shape[-1]
+  if isinstance(top_k, int):
+    if top_k:
+      # A sort, not lax.top_k: TF 2.21 cannot load the StableHLO jax emits for top_k (exported `generate`).
+      kth_Bx1 = jnp.sort(logits_BxV, axis=-1)[:, vocab - min(top_k, vocab)][:, None]
+      logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
+  else:  # one k per row; k <= 0 keeps every token
+    k_B = jnp.clip(jnp.asarray(top_k, jnp.int32), 0, vocab)
+    kth_Bx1 = jnp.take_along_axis(jnp.sort(logits_BxV, axis=-1), jnp.maximum(vocab - k_B, 0)[:, None], axis=1)
+    logits_BxV = jnp.where((k_B[:, None] > 0) & (logits_BxV < kth_Bx1), -jnp.inf, logits_BxV)
   sampled_B = jax.vmap(jax.random.categorical)(row_keys(rng, greedy_B.shape[0]), logits_BxV).astype(jnp.int32)
   return jnp.where(t_B > 0, sampled_B, greedy_B)
 
@@ -143,3 +148,60 @@ def seq2seq_generate(model: EncoderDecoder, params, inputs_BxS, max_new_tokens: 
 
   cache = init_cache(model, inputs_BxS.shape[0], EncoderDecoder.decode, encoded_BxSxD, valid_BxS)
   return decode_cached(step_fn, cache, start_Bx1, max_new_tokens, rng, temperature, top_k, eos_id)
+
+
+def slot_functions(model: DecoderLM, max_length: int):
+  """What a continuous-batching server runs, as pure functions of the inference variables:
+
+  prefill(variables, tokens_1xP, length, temperature, top_k, seed) -> (first token [1], cache of one request):
+    the prompt right-padded to a bucket P, `length` real tokens; the cache continues at slot `length`.
+  insert(cache_S, cache_1, slot) -> cache_S: one request's cache into slot `slot` of S.
+  decode(variables, cache_S, tokens_S, positions_S, steps_S, temperature_S, top_k_S, seed_S) -> (tokens_S, cache_S):
+    one token for every slot; `positions_S` is where each input token sits, `steps_S` its index among the
+    generated tokens (the sample for generated token i uses fold_in(key(seed), i), as `decode_cached` does, so a
+    seeded request draws the same tokens whatever else shares the batch).
+  The slot cache holds `max_length` tokens per slot; learned position tables are cut to that length.
+  """
+  slot_model = model.clone(max_len=max_length)
+
+  def cut(variables):
+    if model.positions != 'learned':
+      return variables
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, v: v[:max_length] if path[-1].key == 'pos_embed' else v, variables['params'])
+    return dict(variables, params=params)
+
+  def step(variables, cache, tokens_BxL, positions_BxL):
+    logits, mutated = slot_model.apply({'params': cut(variables)['params'], 'cache': cache}, tokens_BxL,
+                                       positions_BxL, decode=True, mutable=['cache'])
+    return logits, mutated['cache']
+
+  def key(seed, i):
+    return jax.random.fold_in(jax.random.key(seed), i)
+
+  def prefill(variables, tokens_1xP, length, temperature, top_k, seed):
+    cache = init_cache(slot_model, 1)
+    positions_1xP = jnp.arange(tokens_1xP.shape[1], dtype=jnp.int32)[None]
+    logits_1xPxV, cache = step(variables, cache, tokens_1xP, positions_1xP)
+    logits_1xV = jax.lax.dynamic_index_in_dim(logits_1xPxV, length - 1, axis=1, keepdims=False)
+    token_1 = sample_logits(logits_1xV, key(seed, 0)[None], temperature[None], top_k[None])
+    # The padding's cache entries are overwritten as decoding goes on; the next token goes to slot `length`.
+    cache = jax.tree_util.tree_map_with_path(
+        lambda path, v: jnp.asarray(length, v.dtype) if path[-1].key == 'cache_index' else v, cache)
+    return token_1, cache
+
+  def insert(cache_S, cache_1, slot):
+    return jax.tree.map(lambda big, one: jax.lax.dynamic_update_index_in_dim(big, one, slot, 0), cache_S, cache_1)
+
+  def decode(variables, cache_S, tokens_S, positions_S, steps_S, temperature_S, top_k_S, seed_S):
+    def one(cache, token, position):  # each slot has its own cache index: a vmap over single-request steps
+      logits_1x1xV, cache = step(variables, cache, token[None, None], position[None, None])
+      return logits_1x1xV[0, 0], cache
+    logits_SxV, cache_S = jax.vmap(one)(cache_S, tokens_S, positions_S)
+    keys_S = jax.vmap(key)(seed_S, steps_S)
+    return sample_logits(logits_SxV, keys_S, temperature_S, top_k_S), cache_S
+
+  def empty_cache(slots: int):
+    return jax.tree.map(lambda v: jnp.zeros((slots,) + v.shape, v.dtype), init_cache(slot_model, 1))
+
+  return prefill, insert, decode, empty_cache

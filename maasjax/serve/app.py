@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import maasjax
-from maasjax.serve import codec
+from maasjax.serve import codec, completions
 from maasjax.serve.auth import ApiKeys
 from maasjax.serve.backends import LoadedModel
 from maasjax.serve.batching import Runner
@@ -40,6 +40,7 @@ class ServeSettings:
   buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
   batching: bool = True
   max_queue_rows: int = 1024  # per model version and signature; beyond it requests get 429
+  max_queued_completions: int = 256  # per LM version, waiting for a decode slot; beyond it 429
   max_body_bytes: int = 16 << 20
   poll_seconds: float = 2.0
   model_threads: int = 1
@@ -121,6 +122,8 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
     loop = state['loop']
     if loop is not None:
       loop.call_soon_threadsafe(lambda: [r.close() for r in model.batchers.values()])
+    if model.engine is not None:
+      model.engine.close()
 
   repo.on_unload = close_runners
 
@@ -367,6 +370,8 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
                        metrics={k: x for k, x in meta.get('metrics', {}).items() if k.startswith('test/')})
         entries.append(entry)
     return Response(codec.dumps(entries), media_type=JSON)
+
+  completions.add_routes(app, repo, settings, metrics, authorize, _read_body, state)
 
   @app.get('/metrics')
   async def prometheus_metrics():

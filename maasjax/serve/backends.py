@@ -40,6 +40,8 @@ class LoadedModel:
   handle: Any = None  # keeps the loaded SavedModel alive (its signatures hold weak references)
   # Signatures with variable axes besides the batch, padded to shape buckets (maasjax.serve.shapes).
   buckets: dict[str, ShapeBuckets] = dataclasses.field(default_factory=dict)
+  lm: Any = None  # a decoder LM's decode-slot modules (maasjax.serve.engine.LMFunctions), served on /v1/completions
+  engine: Any = None  # its DecodeEngine, started by the app on the first completion
 
   def __post_init__(self):
     for sig_name in self.signatures:
@@ -62,6 +64,22 @@ class LoadedModel:
       for rows in (batch_sizes if sig.batchable else [1]):
         self.run(sig_name, {k: np.zeros((rows,) + tuple(d or 1 for d in s.shape[1:]), s.dtype)
                             for k, s in sig.inputs.items()})
+    if self.lm is not None:
+      self.lm.warm_up()
+
+
+def lm_functions(path: str, meta: dict | None, variables=None):
+  """The version's decode-slot modules if its export wrote them (maasjax.export.lm), else None."""
+  if not meta or not meta.get('lm') or not meta.get('tokenizer'):
+    return None
+  import jax
+  from maasjax.export import lm, portable
+  from maasjax.serve.engine import LMFunctions
+  from maasjax.tokenizers import tokenizer_from_dict
+  if variables is None:
+    with np.load(os.path.join(path, portable.JAX_DIR, portable.VARIABLES_FILE)) as npz:
+      variables = jax.device_put(portable.unflatten({k: npz[k] for k in npz.files}))
+  return LMFunctions(lm.load(path, meta['lm']), variables, tokenizer_from_dict(meta['tokenizer']))
 
 
 def _meta_signature(meta: dict | None, name: str) -> dict:
@@ -99,7 +117,8 @@ def load_savedmodel(path: str, name: str, version: int) -> LoadedModel:
     out = fns[sig_name](**{k: tf.constant(v) for k, v in inputs.items()})
     return {k: out[k].numpy() for k in sigs[sig_name].outputs}
 
-  return LoadedModel(name, version, path, 'tensorflow_savedmodel', sigs, meta or {}, run, handle=loaded)
+  return LoadedModel(name, version, path, 'tensorflow_savedmodel', sigs, meta or {}, run, handle=loaded,
+                     lm=lm_functions(path, meta))
 
 
 def load_jax(path: str, name: str, version: int) -> LoadedModel:
@@ -124,7 +143,7 @@ def load_jax(path: str, name: str, version: int) -> LoadedModel:
   def run(sig_name, inputs):
     return {k: np.asarray(v) for k, v in jax.device_get(fns[sig_name](variables, inputs)).items()}
 
-  return LoadedModel(name, version, path, 'jax', sigs, meta, run)
+  return LoadedModel(name, version, path, 'jax', sigs, meta, run, lm=lm_functions(path, meta, variables))
 
 
 BACKENDS = {'savedmodel': load_savedmodel, 'jax': load_jax}

@@ -18,6 +18,8 @@ def add_args(p):
   p.add_argument('--buckets', help='batch sizes calls are padded to (default 1,2,4,8,...,max-batch-size)')
   p.add_argument('--no-batching', action='store_true', help='one model call per request (still padded to buckets)')
   p.add_argument('--max-queue-rows', type=int, default=1024, help='queued rows per model before 429 (default 1024)')
+  p.add_argument('--max-queued-completions', type=int, default=256,
+                 help='completions per LM waiting for a decode slot before 429 (default 256)')
   p.add_argument('--max-body-bytes', type=int, default=16 << 20, help='request body limit (default 16 MiB)')
   p.add_argument('--api-keys', help='file of "KEY MODEL[,MODEL...]" / "KEY *" lines (or set $MAASJAX_API_KEYS)')
   p.add_argument('--poll-seconds', type=float, default=2.0, help='how often to look for new versions (default 2)')
@@ -34,6 +36,7 @@ def settings_from_args(args):
   from maasjax.serve.auth import ApiKeys
   from maasjax.serve.batching import bucket_sizes
   for flag, value, low in (('--max-batch-size', args.max_batch_size, 1), ('--max-queue-rows', args.max_queue_rows, 1),
+                           ('--max-queued-completions', args.max_queued_completions, 1),
                            ('--max-body-bytes', args.max_body_bytes, 1), ('--model-threads', args.model_threads, 1),
                            ('--workers', args.workers, 1),
                            ('--port', args.port, 1)):
@@ -49,6 +52,7 @@ def settings_from_args(args):
     raise ConfigError(f'--buckets {args.buckets!r}: expected a comma list of positive integers') from None
   return ServeSettings(max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms, buckets=buckets,
                        batching=not args.no_batching, max_queue_rows=args.max_queue_rows,
+                       max_queued_completions=args.max_queued_completions,
                        max_body_bytes=args.max_body_bytes, poll_seconds=args.poll_seconds,
                        model_threads=args.model_threads, api_keys=ApiKeys.load(args.api_keys))
 
@@ -65,7 +69,8 @@ def run(args, overrides):
 
   def announce(port):  # after the port is bound, before any model loads
     print(f'maasjax serve: {args.model_base_path} on http://{args.host}:{port} '
-          f'(REST v1 /v1/models/NAME:predict, v2 /v2/models/NAME/infer, metrics /metrics); '
+          f'(REST v1 /v1/models/NAME:predict, v2 /v2/models/NAME/infer, OpenAI /v1/completions for LMs, '
+          'metrics /metrics); '
           'models load in the background (v1 status LOADING, v2 ready 503 until loaded)', flush=True)
   serve(args.model_base_path, settings, args.host, args.port, policy, args.backend, args.log_level,
         workers=args.workers, api_keys_path=args.api_keys, on_listening=announce)

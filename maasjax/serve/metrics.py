@@ -13,6 +13,9 @@ from maasjax.serve.batching import powers_of_two
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
+TOKEN_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+RATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
 
 class ServerMetrics:
   def __init__(self, max_batch_size: int):
@@ -29,6 +32,17 @@ class ServerMetrics:
                                 ['model'], buckets=powers_of_two(max_batch_size), registry=r)
     self.queue = Gauge('maasjax_queue_rows', 'Rows waiting or running, per model (summed over workers)', ['model'],
                        registry=r, multiprocess_mode='livesum')
+    # The completions engine (maasjax.serve.engine).
+    self.lm_ttft = Histogram('maasjax_lm_time_to_first_token_seconds', 'Completion request queued to its first token',
+                             ['model'], buckets=TOKEN_BUCKETS, registry=r)
+    self.lm_itl = Histogram('maasjax_lm_inter_token_latency_seconds', 'Time between a completion\'s tokens',
+                            ['model'], buckets=TOKEN_BUCKETS, registry=r)
+    self.lm_tokens_per_s = Histogram('maasjax_lm_tokens_per_second', 'Tokens per second of each completion after its '
+                                     'first token', ['model'], buckets=RATE_BUCKETS, registry=r)
+    self.lm_active = Gauge('maasjax_lm_active_slots', 'Decode slots generating a completion', ['model'], registry=r,
+                           multiprocess_mode='livesum')
+    self.lm_queue = Gauge('maasjax_lm_queue_depth', 'Completions waiting for a decode slot', ['model'], registry=r,
+                          multiprocess_mode='livesum')
     self.model_events = Counter('maasjax_model_events', 'Model version loads, load failures and unloads '
                                 '(each worker loads its own copy)', ['model', 'event'], registry=r)
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from maasjax.data.tokenizers import tokenizer_from_info
+from maasjax.tokenizers import tokenizer_from_info
 from maasjax.spec import BOS_ID, EOS_ID, PAD_ID, SERVING_DEFAULT, Signature, TensorSpec
 from maasjax.train.tasks import Classification, Task, run_model
 EXPORT_MAX_NEW_TOKENS = 128  # tokens an exported `generate` signature produces per request

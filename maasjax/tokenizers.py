@@ -1,5 +1,6 @@
 """Tokenizers rebuilt from `DatasetInfo.extra['tokenizer']`: `CharVocab` (a character per id, optional
-BOS/EOS) and `ByteVocab` (UTF-8 bytes as ids 3..258 after PAD, BOS, EOS). Id 0 is padding everywhere."""
+BOS/EOS) and `ByteVocab` (UTF-8 bytes as ids 3..258 after PAD, BOS, EOS). Id 0 is padding everywhere.
+A leaf module (numpy only): data, export and the server (which decodes completions) all read it."""
 from __future__ import annotations
 
 from typing import Any
