@@ -8,7 +8,7 @@ metrics pulled every log_every_steps, progress, checkpoint manager), periodic ev
 moved past the end. Its training throughput is read from what it writes: `summary.json`'s
 train_steps_per_second, and the log windows of metrics.jsonl after the first (which holds the
 compilation), summed (total steps / total time): the same figure without the final checkpoint save.
-The loop runs with config.prefetch_batches=2 (the default: batches built on a thread) and 0 (inline).
+The loop runs with config.prefetch_batches=2 (batches built on a thread) and 0 (inline: the default on CPU).
 MNIST runs under tfds.testing.mock_data (MNIST's shape and dtype). bare and loop alternate, medians.
 Run it as the CLI runs (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`): it re-executes itself with that set.
 """

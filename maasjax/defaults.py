@@ -12,7 +12,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.eval_every_steps = 250
   c.progress_bar = True
-  c.prefetch_batches = 2  # training batches built (and sent to the devices) ahead, on a thread; 0: inline
+  # Training batches built (and sent to the devices) this many steps ahead on a thread; 0: inline; -1: 2 on a
+  # GPU/TPU, inline on CPU (there the thread competes with XLA's for the cores: digits_cnn's loop ran at 76%
+  # of its bare step with it, 87-90% without; benchmarks/loop_vs_step.py).
+  c.prefetch_batches = -1
   # Parallelism (docs/tpu.md, docs/gpu.md): mesh axes 'data', 'fsdp', 'model' (-1 = the rest);
   # sharding.preset replicate | fsdp | tensor | fsdp_tensor; sharding.rules (regex, axes) win over it.
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'model': 1})

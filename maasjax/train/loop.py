@@ -348,7 +348,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, dataset:
              exp.dataset.train_batch(step, config.batch_size, jax.process_index(), jax.process_count()))
     return parallel.global_batch(exp.mesh, local, exp.steps.batch_sharding)
 
-  batches = Prefetcher(make_batch, start_step, num_steps, depth=int(config.get('prefetch_batches', 2)))
+  depth = int(config.get('prefetch_batches', -1))
+  if depth < 0:  # auto: overlap host data work with an accelerator's step; on CPU the step needs the cores
+    depth = 0 if exp.mesh.devices.flat[0].platform == 'cpu' else 2
+  batches = Prefetcher(make_batch, start_step, num_steps, depth=depth)
   try:
     for step in range(start_step, num_steps):
       state, sums = exp.steps.train_step(state, batches.get(step))
