@@ -62,10 +62,13 @@ def test_bad_sources_exit_2_and_write_nothing(pretrained, tmp_path, capsys):
            ([f'--config.init_from.workdir={pretrained}', "--config.init_from.freeze=('Conv_9',)"],
             "'Conv_9' matches no parameter"),
            ([f'--config.init_from.workdir={pretrained}', "--config.init_from.skip=('(',)"],
-            'is not a regular expression')]
+            'is not a regular expression'),
+           (['--config.dataset.classes=(6, 6)'], 'expected at least two distinct labels in 0..9')]
   for i, (extra, fragment) in enumerate(cases):
     out = tmp_path / f'bad{i}'
     assert cli.main(base + ['--workdir', str(out)] + extra) == 2, extra
     err = capsys.readouterr().err
     assert fragment in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+  assert cli.main(['train', '--config', f'{CONFIG}:5to9', '--workdir', str(tmp_path / 'bad_arg')]) == 2
+  assert "expected one of 0to5, 6to9" in capsys.readouterr().err and not (tmp_path / 'bad_arg').exists()

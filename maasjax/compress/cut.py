@@ -8,7 +8,8 @@ import jax
 import numpy as np
 
 from maasjax.compress import settings as compress_settings
-from maasjax.compress.pruning import named_leaves, path_name
+from maasjax.compress.pruning import named_leaves
+from maasjax.parallel import path_name
 from maasjax.compress.transform import Transformed, derived_config
 from maasjax.config import ConfigError
 

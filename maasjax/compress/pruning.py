@@ -20,11 +20,7 @@ from maasjax.compress import settings as compress_settings
 from maasjax.compress.settings import PruneSettings
 from maasjax.compress.transform import Transformed, derived_config
 from maasjax.config import ConfigError
-
-
-def path_name(path) -> str:
-  """'Conv_0/kernel' for a key path into a params tree."""
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+from maasjax.parallel import path_name  # 'Conv_0/kernel' for a key path
 
 
 def named_leaves(tree) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from maasjax.config import ConfigError
+from maasjax.parallel import path_name  # 'Conv_0/kernel' for a key path
 
 PARTS = ('params', 'model_state')  # what is loaded; the optimizer state and the step start fresh
 KEYS = ('workdir', 'step', 'skip', 'freeze')
@@ -51,11 +52,6 @@ class Plan:
     if self.source.freeze:
       lines.append(f'  frozen (not updated): parameters matching {", ".join(self.source.freeze)}')
     return '\n'.join(lines)
-
-
-def path_name(path) -> str:
-  """'params/Conv_0/kernel' for a key path."""
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
 
 
 def _patterns(value, key: str) -> tuple[str, ...]:
