@@ -4,9 +4,9 @@ r"""Compression figures on the digits CNN and ResNet (issue 10's Must-show), re-
 
 Trains runs/digits_cnn and runs/digits_resnet first if they are missing (the README's commands), then:
 the standard report (prune 50/80/90 %, 2:4, channels, int8 PTQ and QAT, prune 80 % + int8) plus channels with
-the first conv kept; float, int8 and prune+int8 exports (SavedModel variables' bytes, parity); distillation of a
-student with <= 1/4 of the teacher's parameters against the same student trained without the teacher, over
-seeds; BatchNorm folding of the ResNet; and every model's serving latency timed side by side in one process
+the first conv kept; float, int8 and prune+int8 exports (SavedModel variables' bytes, parity); a student with
+1/6.4 of the teacher's parameters distilled by benchmarks/distillation.py's recipe (that script compares it with
+the same student trained without the teacher, over seeds); BatchNorm folding of the ResNet; and every model's serving latency timed side by side in one process
 (the dense baseline twice, as a control for the machine's noise). Writes OUT/compression_bench.json and prints
 the markdown tables for BENCHMARKS.md.
 """
@@ -24,9 +24,6 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
-STUDENT = 'features=(16, 32), dense=64'
-
-
 def ensure_trained(name: str) -> str:
   workdir = os.path.join(ROOT, 'runs', name)
   if not os.path.exists(os.path.join(workdir, 'summary.json')):
@@ -43,7 +40,7 @@ def variables_bytes(version_dir: str) -> int:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', default=os.path.join(ROOT, 'runs', 'compression_bench'))
-  parser.add_argument('--seeds', type=int, default=3, help='distillation seeds (student with and without teacher)')
+  parser.add_argument('--distill-steps', type=int, default=3000, help="the distilled student's training steps")
   args = parser.parse_args()
   from maasjax.compress.report import VARIANTS, markdown, measure_side_by_side, plot, run_variants, summary_row
   from maasjax.compress.workdir import compress_workdir
@@ -66,22 +63,15 @@ def main() -> None:
   workdirs = {r['variant']: os.path.join(report_dir, r['variant']) for r in rows[1:]}
   workdirs['dense baseline'] = cnn
 
-  # 2. Distillation: the same student with and without the teacher, per seed.
-  distill = {'student': STUDENT, 'with_teacher': [], 'without_teacher': []}
-  for seed in range(args.seeds):
-    for key, alpha in (('with_teacher', '0.9'), ('without_teacher', '0.0')):
-      out = os.path.join(args.out, f'student_{key}_seed{seed}')
-      summary = compress_workdir(cnn, out, 'distill', [('compress.student', STUDENT), ('compress.alpha', alpha),
-                                                       ('seed', str(seed))], measure_latency=False, verbose=False)
-      distill[key].append({'seed': seed, 'test/accuracy': summary['test/accuracy'],
-                           'params': summary['compression']['params'], 'workdir': out})
-  distill['teacher_params'] = rows[0]['params']
-  distill['teacher_accuracy'] = rows[0]['test/accuracy']
-  results['distill'] = distill
-  student_workdir = distill['with_teacher'][0]['workdir']
-  with open(os.path.join(student_workdir, 'summary.json')) as f:
+  # 2. Distillation: one student by the measured recipe, for the size and latency rows (the with/without-teacher
+  # comparison over seeds is benchmarks/distillation.py's).
+  from benchmarks.distillation import ARMS, distill
+  recipe = next(iter(ARMS))
+  student = distill(cnn, os.path.join(args.out, 'student_distilled_seed0'), ARMS[recipe], args.distill_steps, 0)
+  results['distill'] = {'recipe': recipe, 'steps': args.distill_steps, **student}
+  with open(os.path.join(student['workdir'], 'summary.json')) as f:
     rows.append(summary_row('student (distilled, seed 0)', 'distill', json.load(f)))
-  workdirs['student (distilled, seed 0)'] = student_workdir
+  workdirs['student (distilled, seed 0)'] = student['workdir']
 
   # 3. Folding the ResNet.
   fold_dir = os.path.join(args.out, 'resnet_fold')
@@ -133,12 +123,9 @@ def main() -> None:
   for name, e in exports.items():
     ratio = exports['digits_float']['variables_bytes'] / e['variables_bytes']
     print(f'| {name} | {e["variables_bytes"]:,} | {ratio:.2f}x | {e["parity_max_abs_diff_logits"]:.2g} |')
-  with_t = [d['test/accuracy'] for d in distill['with_teacher']]
-  without_t = [d['test/accuracy'] for d in distill['without_teacher']]
-  print(f'\ndistillation, student {STUDENT} ({distill["with_teacher"][0]["params"]:,} params, teacher '
-        f'{distill["teacher_params"]:,}, teacher accuracy {distill["teacher_accuracy"]:.4f}):')
-  print(f'  with teacher:    {", ".join(f"{a:.4f}" for a in with_t)} (mean {sum(with_t) / len(with_t):.4f})')
-  print(f'  without teacher: {", ".join(f"{a:.4f}" for a in without_t)} (mean {sum(without_t) / len(without_t):.4f})')
+  d = results['distill']
+  print(f'\ndistilled student ({d["recipe"]}, {d["steps"]} steps, seed 0): test accuracy {d["test/accuracy"]:.4f}; '
+        'with and without the teacher over seeds: benchmarks/distillation.py')
   print(f'\nfold: {results["fold"]}')
   print(f'\nload {load} -> {results["machine_load_at_end"]}, {results["wall_time_s"]:.0f} s')
 

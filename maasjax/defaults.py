@@ -46,8 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
       'fraction': 0.5,  # channels: share of conv channels / dense units removed from each hidden layer
       'mode': 'ptq', 'calibration_batches': 8,  # quantize: ptq or qat (w8a8 int8); training batches calibrated on
       # distill: teacher workdir (maasjax compress: the --workdir), student model settings ('features=(8, 16),
-      # dense=32'), softmax temperature T (soft loss scaled by T^2) and the soft loss's weight alpha
-      'teacher': '', 'student': '', 'temperature': 4.0, 'alpha': 0.9,
+      # dense=32'), softmax temperature T (soft loss scaled by T^2), the soft loss's weight alpha, and mixup:
+      # Beta(m, m) mixing of each training input with another that teacher and student both see (0: off)
+      'teacher': '', 'student': '', 'temperature': 4.0, 'alpha': 0.9, 'mixup': 0.0,
       'layers': (),  # cut: indices of the CNN/ResNet stages, MLP hidden layers or Transformer blocks to remove
   })
   c.optimizer = ml_collections.ConfigDict({

@@ -136,11 +136,36 @@ def test_distillation_loss_follows_the_teacher(trained):
   task = DistillationTask(get_task(load_dataset(experiment_config('digits_cnn')).info), trained['cnn'], 2.0, 1.0)
   student_BxC = jnp.array([[2.0, 0.0, -1.0] + [0.0] * 7, [0.0, 1.0, 0.0] + [0.0] * 7])
   batch = {'labels': jnp.array([0, 1])}
-  same, _ = task.loss_and_sums((student_BxC, student_BxC), batch)
-  other, sums = task.loss_and_sums((student_BxC, student_BxC[::-1]), batch)
+  same, _ = task.loss_and_sums((student_BxC, student_BxC, None), batch)
+  other, sums = task.loss_and_sums((student_BxC, student_BxC[::-1], None), batch)
   assert float(same) == pytest.approx(0.0, abs=1e-6) and float(other) > 0.1 and float(sums['distill_kl']) > 0
   hard, _ = task.loss_and_sums(student_BxC, batch)  # evaluation: the hard-label loss alone
   assert float(hard) > 0.1
+
+
+def test_mixup_distillation_teacher_labels_the_students_mixed_inputs(trained):
+  from maasjax.compress.distill import DistillationTask
+  from maasjax.data import load_dataset
+  from maasjax.train.task_table import get_task
+  base = get_task(load_dataset(experiment_config('digits_cnn')).info)
+  task = DistillationTask(base, trained['cnn'], 1.0, 1.0, mixup=1.0)
+  exp, variables = task.teacher()
+  x = jnp.asarray(heldout_digits(8))
+  batch = {'inputs': x, 'labels': jnp.arange(8) % 10}
+  student_BxC, teacher_BxC, lam_B = task.forward(exp.model, variables, batch, train=True,
+                                                 rngs={'dropout': jax.random.key(0)})
+  assert lam_B.shape == (8,) and 0 < float(lam_B.min()) and float(lam_B.max()) < 1
+  mixed = lam_B[:, None, None, None] * x + (1 - lam_B[:, None, None, None]) * jnp.roll(x, 1, axis=0)
+  want = base.forward(exp.model, variables, {'inputs': mixed}, train=False)
+  clean = base.forward(exp.model, variables, {'inputs': x}, train=False)
+  assert np.max(np.abs(np.asarray(teacher_BxC - want))) < 1e-4 < np.max(np.abs(np.asarray(teacher_BxC - clean)))
+  # Without the teacher (alpha 0) the hard loss is each mixed input's lam-weighted pair of cross-entropies.
+  hard_only = DistillationTask(base, '', 1.0, 0.0, mixup=1.0)
+  loss, _ = hard_only.loss_and_sums((student_BxC, None, lam_B), batch)
+  ce = lambda labels: optax.softmax_cross_entropy_with_integer_labels(student_BxC, labels)
+  want_loss = jnp.mean(lam_B * ce(batch['labels']) + (1 - lam_B) * ce(jnp.roll(batch['labels'], 1)))
+  assert float(loss) == pytest.approx(float(want_loss), rel=1e-5)
+  assert abs(float(loss) - float(jnp.mean(ce(batch['labels'])))) > 1e-3
 
 
 def test_distilled_student_serves_without_its_teacher(trained):
@@ -162,7 +187,9 @@ def test_bad_settings_exit_2_and_write_nothing(trained, capsys):
            ('fold', trained['cnn'], [], "model 'cnn' has no BatchNorm"),
            ('channels', trained['resnet'], [], "model 'resnet' is not supported"),
            ('cut', trained['cnn'], ['--config.compress.layers=(5,)'], 'indices 0..1'),
-           ('quantize', trained['cnn'], ['--config.compress.mode=int4'], 'unknown quantization mode')]
+           ('quantize', trained['cnn'], ['--config.compress.mode=int4'], 'unknown quantization mode'),
+           ('distill', trained['cnn'], ['--config.compress.student=dense=32', '--config.compress.mixup=-1'],
+            'config.compress.mixup=-1')]
   for method, source, extra, fragment in cases:
     out = str(trained['root'] / f'bad_{method}')
     assert cli.main(['compress', '--workdir', source, '--method', method, '--out', out, *extra]) == 2, method

@@ -1,6 +1,12 @@
 """Knowledge distillation (Hinton et al. 2015): a student trained on a teacher checkpoint's softened logits,
 loss = alpha T^2 KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) cross-entropy(labels).
 
+With `mixup` > 0, teacher and student see the same mixed inputs lam x_i + (1 - lam) x_j, lam ~ Beta(m, m)
+per example ("function matching", Beyer et al. 2022, "A good teacher is patient and consistent"): the teacher
+labels points between the training examples, so a small training set teaches the student far more than its
+hard labels do. The hard-label term then mixes the two labels' cross-entropies with the same lam; alpha=0 with
+mixup is the same student trained with mixup and no teacher (the baseline that separates the two).
+
 The teacher only enters the training step (`DistillationTask.forward(train=True)`); evaluation, export and
 serving of the student never load it, so a distilled workdir serves without its teacher.
 """
@@ -8,6 +14,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
 from maasjax.compress import settings as compress_settings
 from maasjax.compress.transform import Transformed, derived_config
@@ -25,11 +33,14 @@ class DistillationTask:
   """A classification task whose training loss adds the teacher's softened logits; everything else (metrics,
   evaluation, export signatures) is the wrapped task's. Train metrics' `loss` stays the hard-label loss."""
 
-  def __init__(self, base, teacher_workdir: str, temperature: float, alpha: float):
+  def __init__(self, base, teacher_workdir: str, temperature: float, alpha: float, mixup: float = 0.0):
     if base.name != 'classification':
       raise ConfigError(f'config.compress.method=distill: task {base.name!r} is not supported (classification only)')
+    if mixup > 0 and not np.issubdtype(np.dtype(base.info.input_dtype), np.floating):
+      raise ConfigError(f'config.compress.mixup={mixup}: mixup needs float inputs, this dataset\'s are '
+                        f'{np.dtype(base.info.input_dtype)}; set it to 0')
     self.base, self.teacher_workdir = base, teacher_workdir
-    self.temperature, self.alpha = temperature, alpha
+    self.temperature, self.alpha, self.mixup = temperature, alpha, mixup
     self._teacher = None
 
   def __getattr__(self, name):
@@ -51,19 +62,37 @@ class DistillationTask:
     return self._teacher
 
   def forward(self, model, variables, batch, train, rngs=None, mutable=False, init=False):
-    out = self.base.forward(model, variables, batch, train, rngs=rngs, mutable=mutable, init=init)
     if init or not train:
-      return out
-    exp, teacher_variables = self.teacher()
-    teacher_BxC = jax.lax.stop_gradient(exp.task.forward(exp.model, teacher_variables, batch, train=False))
-    return ((out[0], teacher_BxC), out[1]) if mutable else (out, teacher_BxC)
+      return self.base.forward(model, variables, batch, train, rngs=rngs, mutable=mutable, init=init)
+    lam_B = None
+    if self.mixup > 0:
+      # One mixing weight per example, its partner the next example of the (already shuffled) batch.
+      key = jax.random.fold_in(rngs['dropout'], 0x6d6978)
+      rows = batch['inputs'].shape[0]
+      lam_B = jax.random.beta(key, self.mixup, self.mixup, (rows,), jnp.float32)
+      x = batch['inputs']
+      lam = lam_B.reshape((rows,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+      batch = dict(batch, inputs=lam * x + (1 - lam) * jnp.roll(x, 1, axis=0))
+    out = self.base.forward(model, variables, batch, train, rngs=rngs, mutable=mutable)
+    teacher_BxC = None
+    if self.alpha > 0:
+      exp, teacher_variables = self.teacher()
+      teacher_BxC = jax.lax.stop_gradient(exp.task.forward(exp.model, teacher_variables, batch, train=False))
+    return ((out[0], teacher_BxC, lam_B), out[1]) if mutable else (out, teacher_BxC, lam_B)
 
   def loss_and_sums(self, outputs, batch):
     if not isinstance(outputs, tuple):
       return self.base.loss_and_sums(outputs, batch)
-    student_BxC, teacher_BxC = outputs
+    student_BxC, teacher_BxC, lam_B = outputs
     hard, sums = self.base.loss_and_sums(student_BxC, batch)
     mask_B = batch.get('mask', jnp.ones(student_BxC.shape[:1], jnp.float32))
+    if lam_B is not None:  # the mixed inputs' labels: lam of the example's own, 1 - lam of its partner's
+      labels_B = batch['labels']
+      ce_B = (lam_B * optax.softmax_cross_entropy_with_integer_labels(student_BxC, labels_B)
+              + (1 - lam_B) * optax.softmax_cross_entropy_with_integer_labels(student_BxC, jnp.roll(labels_B, 1)))
+      hard = jnp.sum(ce_B * mask_B) / jnp.maximum(sums['count'], 1.0)
+    if teacher_BxC is None:
+      return hard, sums
     soft = jnp.sum(soft_loss_B(student_BxC, teacher_BxC, self.temperature) * mask_B)
     t2 = self.temperature ** 2  # keeps the soft gradients' scale independent of T (Hinton et al. 2015)
     loss = self.alpha * t2 * soft / jnp.maximum(sums['count'], 1.0) + (1.0 - self.alpha) * hard
@@ -90,7 +119,7 @@ def transform(exp, state, config) -> Transformed:
   if not overrides:
     raise ConfigError("config.compress.student is empty: give the student's model settings, e.g. "
                       "--config.compress.student='features=(8, 16), dense=32'")
-  compress_settings.distill_settings(config)
+  compress_settings.distill_settings(config)  # bad settings fail before training
   steps = compress_settings.fine_tune_steps(config, 'distill', default=int(config.num_train_steps))
   new = derived_config(config, steps)
   with new.unlocked():

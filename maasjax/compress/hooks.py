@@ -27,11 +27,11 @@ def training_hooks(config: ml_collections.ConfigDict, task, model, tx):
       from maasjax.models.quantized import quantize_model
       model = quantize_model(model, 'int8_qat')
   elif method == 'distill':
-    temperature, alpha = compress_settings.distill_settings(config)
-    if alpha > 0:
+    temperature, alpha, mixup = compress_settings.distill_settings(config)
+    if alpha > 0 or mixup > 0:
       from maasjax.compress.distill import DistillationTask
       teacher = compress_settings.compress_section(config).teacher
-      if not teacher:
+      if alpha > 0 and not teacher:
         raise ConfigError('config.compress.teacher is empty: distillation needs the trained teacher\'s workdir')
-      task = DistillationTask(task, teacher, temperature, alpha)
+      task = DistillationTask(task, teacher if alpha > 0 else '', temperature, alpha, mixup)
   return task, model, tx

@@ -149,13 +149,17 @@ def quantize_mode(config: ml_collections.ConfigDict) -> tuple[str, int]:
   return c.mode, _integer(c, 'calibration_batches', 1)
 
 
-def distill_settings(config: ml_collections.ConfigDict) -> tuple[float, float]:
-  """(temperature, alpha)."""
+def distill_settings(config: ml_collections.ConfigDict) -> tuple[float, float, float]:
+  """(temperature, alpha, mixup)."""
   c = compress_section(config)
   t = c.temperature
   if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
     raise ConfigError(f'config.compress.temperature={t!r}: expected a positive number')
-  return float(t), _number(c, 'alpha', 0.0, 1.0, closed_high=True)
+  m = c.get('mixup', 0.0)
+  if isinstance(m, bool) or not isinstance(m, (int, float)) or m < 0:
+    raise ConfigError(f'config.compress.mixup={m!r}: expected the Beta(m, m) concentration of the mixing '
+                      'weight, a number >= 0 (0: no mixup)')
+  return float(t), _number(c, 'alpha', 0.0, 1.0, closed_high=True), float(m)
 
 
 def student_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
