@@ -31,6 +31,15 @@ RESTARTED_ENV = 'MAASJAX_WORKER_RESTARTED'  # '1' for a worker that replaces one
 PROMETHEUS_DIR_ENV = 'PROMETHEUS_MULTIPROC_DIR'
 
 
+def serving_process(backend: str) -> None:
+  """Process-wide settings of a server process, before any model loads. The JAX artifact's CPU calls run on
+  the calling thread: for a 0.1-0.3 ms call, async dispatch's hand-off to XLA's thread and back costs
+  about as much again (the digits CNN at batch 1: 125 against 196 us)."""
+  if backend == 'jax':
+    import jax
+    jax.config.update('jax_cpu_enable_async_dispatch', False)  # read when the CPU client is created
+
+
 def build(base_path: str, settings: ServeSettings, policy: VersionPolicy = VersionPolicy(),
           backend: str = 'jax'):
   """The app and its repository (warm-up runs every bucket size, so no request waits for a compile)."""
@@ -111,6 +120,7 @@ def worker_app():
                   api_keys=ApiKeys.load(spec['api_keys_path']),
                   load_before_serving=os.environ.get(RESTARTED_ENV) == '1')
   policy = VersionPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec['policy'].items()})
+  serving_process(spec['backend'])
   app, _ = build(spec['base_path'], ServeSettings(**settings), policy, spec['backend'])
   return app
 
@@ -130,6 +140,7 @@ def serve(base_path: str, settings: ServeSettings, host: str = '127.0.0.1', port
     sockets = _reuseport_sockets(host, port, 1, common['backlog'])
     if on_listening:
       on_listening(sockets[0].getsockname()[1])
+    serving_process(backend)
     app, _ = build(base_path, settings, policy, backend)
     _Server(uvicorn.Config(app, **common)).run(sockets=sockets)
     return
