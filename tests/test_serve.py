@@ -323,3 +323,39 @@ def test_two_workers_share_the_port_and_pool_their_metrics(jax_keyed_server, ref
 def request_lines(output: str) -> list[dict]:
   """The server's per-request log lines: whole lines of JSON (nothing else on a line starting with '{')."""
   return [json.loads(line) for line in output.splitlines() if line.startswith('{')]
+
+
+def test_runner_batches_what_one_loop_iteration_parses_and_runs_short_calls_on_the_loop():
+  """No batch timeout: requests submitted in one event-loop iteration share one call. A call known to be short
+  runs on the event loop (a hand-off to the model thread costs more); the first call of a size, and any call
+  known to take longer than inline_call_s, run in the model thread."""
+  import asyncio
+  import threading
+  from concurrent.futures import ThreadPoolExecutor
+  from maasjax.serve.batching import Runner
+
+  def runner(delay_s):
+    calls = []
+    def run(arrays):
+      calls.append((threading.get_ident(), arrays['x'].shape[0]))
+      time.sleep(delay_s)
+      return {'y': arrays['x'] * 2}
+    return calls, Runner(run, ThreadPoolExecutor(1), max_batch_size=8, batch_timeout_s=0.0, buckets=(1, 8),
+                         max_queue_rows=64, observe_batch=lambda rows: None, set_queue=lambda rows: None,
+                         inline_call_s=0.002)
+
+  async def bursts(r):
+    out = []
+    for _ in range(3):
+      results = await asyncio.gather(*(r.submit({'x': np.full((1, 2), i, np.float32)}, 1) for i in range(5)))
+      out.append([float(y['y'][0, 0]) for y in results])
+    return threading.get_ident(), out
+
+  fast_calls, fast = runner(0.0)
+  loop_thread, results = asyncio.run(bursts(fast))
+  assert results == [[0.0, 2.0, 4.0, 6.0, 8.0]] * 3  # each request gets its own rows back
+  assert [rows for _, rows in fast_calls] == [8, 8, 8]  # one call per burst, padded to the bucket
+  assert [t == loop_thread for t, _ in fast_calls] == [False, True, True]
+  slow_calls, slow = runner(0.005)
+  loop_thread, _ = asyncio.run(bursts(slow))
+  assert len(slow_calls) == 3 and all(t != loop_thread for t, _ in slow_calls)
