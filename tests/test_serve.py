@@ -359,3 +359,45 @@ def test_runner_batches_what_one_loop_iteration_parses_and_runs_short_calls_on_t
   slow_calls, slow = runner(0.005)
   loop_thread, _ = asyncio.run(bursts(slow))
   assert len(slow_calls) == 3 and all(t != loop_thread for t, _ in slow_calls)
+
+
+def test_predict_routes_answer_in_front_of_fastapi(exported):
+  """POSTs to the predict routes never enter FastAPI (its middleware, routing and Request/Response objects
+  cost more per request than a small model) and answer with codec's body and the headers a Starlette Response
+  would send; other methods on those paths still get FastAPI's 405."""
+  from fastapi.testclient import TestClient
+  from starlette.responses import Response
+  from maasjax.serve import codec
+  from maasjax.serve.app import ServeSettings
+  from maasjax.serve.server import build
+  app, repo = build(exported['base'], ServeSettings(max_batch_size=8, buckets=(8,)))
+  repo.poll()
+  fastapi_app, entered = app.app, []
+
+  async def spy(scope, receive, send):
+    if scope['type'] == 'http':
+      entered.append(scope['path'])
+    await fastapi_app(scope, receive, send)
+  app.app = spy
+  x = heldout_digits(3)
+  out8 = repo.get('digits').run('serving_default', {'inputs': np.concatenate([x, np.zeros((5, 8, 8, 1), np.float32)])})
+  outputs = {k: v[:3] for k, v in out8.items()}  # what a batch padded to 8 rows gives these 3
+  tensor = {'name': 'inputs', 'shape': [3, 8, 8, 1], 'datatype': 'FP32'}
+  as_json = {'id': 'a', 'inputs': [dict(tensor, data=x.ravel().tolist())], 'outputs': [{'name': 'logits'}]}
+  as_binary = {'inputs': [dict(tensor, parameters={'binary_data_size': x.nbytes})],
+               'parameters': {'binary_data_output': True}}
+  head = json.dumps(as_binary).encode()
+  with TestClient(app) as client:
+    for path, body, headers, (content, extra) in [
+        ('/v2/models/digits/infer', json.dumps(as_json).encode(), {}, codec.v2_response(as_json, 'digits', 1, outputs)),
+        ('/v2/models/digits/versions/1/infer', head + x.tobytes(), {'Inference-Header-Content-Length': str(len(head))},
+         codec.v2_response(as_binary, 'digits', 1, outputs)),
+        ('/v1/models/digits:predict', json.dumps({'instances': x.tolist()}).encode(), {},
+         (codec.v1_response(outputs, True), None))]:
+      r = client.post(path, content=body, headers=headers)
+      want = Response(content, media_type='application/octet-stream' if extra else 'application/json', headers=extra)
+      assert (r.status_code, r.content, r.headers.raw) == (200, content, want.raw_headers), path
+    r = client.post('/v1/models/nosuch/versions/1:predict', content=b'{}')
+    assert r.status_code == 404 and r.headers.raw == Response(r.content, 404, media_type='application/json').raw_headers
+    assert entered == []
+    assert client.get('/v2/models/digits/infer').status_code == 405 and entered == ['/v2/models/digits/infer']
