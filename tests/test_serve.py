@@ -401,3 +401,41 @@ def test_predict_routes_answer_in_front_of_fastapi(exported):
     assert r.status_code == 404 and r.headers.raw == Response(r.content, 404, media_type='application/json').raw_headers
     assert entered == []
     assert client.get('/v2/models/digits/infer').status_code == 405 and entered == ['/v2/models/digits/infer']
+
+
+def test_a_response_leaves_in_one_write():
+  """uvicorn writes a response's headers, then its body: the server's transport holds both until the end of the
+  loop iteration and writes them with one syscall (on loopback, one wake-up of the client instead of two)."""
+  import asyncio
+  from maasjax.serve.server import _CoalescedWrites
+
+  class Transport:
+    def __init__(self):
+      self.writes, self.closed = [], False
+
+    def write(self, data):
+      self.writes.append(data)
+
+    def is_closing(self):
+      return self.closed
+
+    def close(self):
+      self.closed = True
+
+    def get_extra_info(self, name):
+      return name
+
+  async def respond(t, transport):
+    t.write(b'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n')
+    t.write(b'{}')
+    held = list(transport.writes)
+    await asyncio.sleep(0)
+    t.write(b'bye')
+    t.close()  # a closing connection writes what it holds first
+    return held
+
+  transport = Transport()
+  t = _CoalescedWrites(transport, asyncio.new_event_loop())
+  held = t._loop.run_until_complete(respond(t, transport))
+  assert held == [] and transport.writes == [b'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}', b'bye']
+  assert transport.closed and t.get_extra_info('peername') == 'peername'
