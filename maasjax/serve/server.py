@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gc
 import json
 import logging
 import os
@@ -47,9 +48,24 @@ def build(base_path: str, settings: ServeSettings, policy: VersionPolicy = Versi
   """The app and its repository (warm-up runs every bucket size, so no request waits for a compile)."""
   from maasjax.serve.metrics import ServerMetrics
   metrics = ServerMetrics(settings.max_batch_size)
-  repo = Repository(base_path, policy, backend, warmup_batch_sizes=settings.buckets,
-                    on_event=lambda model, event: metrics.model_events.labels(model, event).inc())
+
+  def on_event(model: str, event: str) -> None:
+    metrics.model_events.labels(model, event).inc()
+    if event in ('loaded', 'unloaded'):
+      freeze_long_lived()
+
+  repo = Repository(base_path, policy, backend, warmup_batch_sizes=settings.buckets, on_event=on_event)
   return create_app(repo, settings, metrics), repo
+
+
+def freeze_long_lived() -> None:
+  """Collects once, then hides every object alive now from the garbage collector (gc.freeze): the loaded
+  models' modules, weights and compiled code live as long as they are served. Without it, each full
+  collection walked them all under load (100 ms with the digits CNN served; 9.5 us of collector time
+  per request, 1.4 us with them frozen). Unfrozen first, so an unloaded version's objects can go."""
+  gc.unfreeze()
+  gc.collect()
+  gc.freeze()
 
 
 class _CoalescedWrites:
