@@ -43,7 +43,7 @@ _REQUEST_HEADERS = {b'content-length', b'authorization', b'inference-header-cont
 @dataclasses.dataclass
 class ServeSettings:
   max_batch_size: int = 32
-  batch_timeout_ms: float = 1.0
+  batch_timeout_ms: float = 0.0  # 0: requests parsed in one loop iteration, or while the model runs, share a call
   buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
   batching: bool = True
   max_queue_rows: int = 1024  # per model version and signature; beyond it requests get 429
