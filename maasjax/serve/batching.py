@@ -77,7 +77,7 @@ class Runner:
     # each request runs as sent, never padded, split or sliced by rows.
     self.batchable = batchable
     self.inline_call_s = inline_call_s
-    self._call_s: dict[int, float] = {}  # seconds the last call took, by bucket size (rows for unbatchable)
+    self._call_s: dict[int, float] = {}  # seconds the last call took, by bucket size
     self._queue: collections.deque = collections.deque()  # (arrays, rows, future, arrival time)
     self._queued_rows = 0  # rows in the queue
     self._rows = 0  # rows queued or running
@@ -109,7 +109,7 @@ class Runner:
 
   async def _call(self, arrays: Arrays, rows: int) -> Arrays:
     """One model call on `rows` rows (padded to their bucket), on the loop or in the executor."""
-    size = self._bucket(rows) if self.batchable else rows
+    size = self._bucket(rows) if self.batchable else 0  # an unbatchable signature: one duration for any input
     self.observe_batch(rows if self.batchable else 1)
     self.set_queue(self._rows)
     if self.batchable:
