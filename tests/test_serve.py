@@ -372,7 +372,7 @@ def test_predict_routes_answer_in_front_of_fastapi(exported):
   from maasjax.serve.app import ServeSettings
   from maasjax.serve.server import build
   gc.unfreeze()
-  app, repo = build(exported['base'], ServeSettings(max_batch_size=8, buckets=(8,)))
+  app, repo = build(exported['base'], ServeSettings(max_batch_size=8, buckets=(8,), max_body_bytes=20_000))
   repo.poll()
   assert gc.get_freeze_count() > 0  # what a load leaves alive is hidden from the collector's full passes
   fastapi_app, entered = app.app, []
@@ -402,6 +402,8 @@ def test_predict_routes_answer_in_front_of_fastapi(exported):
       assert (r.status_code, r.content, r.headers.raw) == (200, content, want.raw_headers), path
     r = client.post('/v1/models/nosuch/versions/1:predict', content=b'{}')
     assert r.status_code == 404 and r.headers.raw == Response(r.content, 404, media_type='application/json').raw_headers
+    chunked = client.post('/v2/models/digits/infer', content=iter([b' ' * 30_000]))  # no Content-Length
+    assert chunked.status_code == 413 and 'exceeds the limit of 20000 bytes' in chunked.json()['error']
     assert entered == []
     assert client.get('/v2/models/digits/infer').status_code == 405 and entered == ['/v2/models/digits/infer']
 

@@ -106,14 +106,8 @@ async def receive_body(receive, length: str | None, limit: int) -> bytes:
       raise ServeError(400, f'Content-Length {length!r} is not a number')
     if int(length) > limit:
       raise ServeError(413, f'request body of {length} bytes exceeds the limit of {limit} bytes')
-  message = await receive()
-  body = message.get('body', b'')
-  if not message.get('more_body'):
-    if message['type'] == 'http.disconnect':
-      raise ServeError(400, 'the client disconnected before sending the whole body')
-    return body
-  chunks, size = [body], len(body)
-  while message.get('more_body'):  # chunked transfer: count as it arrives
+  chunks, size = [], 0
+  while True:  # one message, unless the body came in chunks (chunked transfer: count as it arrives)
     message = await receive()
     if message['type'] == 'http.disconnect':
       raise ServeError(400, 'the client disconnected before sending the whole body')
@@ -121,8 +115,9 @@ async def receive_body(receive, length: str | None, limit: int) -> bytes:
     size += len(chunk)
     if size > limit:
       raise ServeError(413, f'request body exceeds the limit of {limit} bytes')
+    if not message.get('more_body'):
+      return b''.join(chunks + [chunk]) if chunks else chunk
     chunks.append(chunk)
-  return b''.join(chunks)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
