@@ -360,6 +360,12 @@ def test_runner_batches_what_one_loop_iteration_parses_and_runs_short_calls_on_t
   loop_thread, _ = asyncio.run(bursts(slow))
   assert len(slow_calls) == 3 and all(t != loop_thread for t, _ in slow_calls)
 
+  async def unbatchable_burst(r):  # rows that cannot be stacked: each request in the batch gets the error
+    return await asyncio.wait_for(asyncio.gather(
+        r.submit({'x': np.zeros((1, 2), np.float32)}, 1), r.submit({'x': np.zeros((1, 3), np.float32)}, 1)), 5)
+  with pytest.raises(ValueError, match='concatenat'):
+    asyncio.run(unbatchable_burst(runner(0.0)[1]))
+
 
 def test_predict_routes_answer_in_front_of_fastapi(exported):
   """POSTs to the predict routes never enter FastAPI (its middleware, routing and Request/Response objects

@@ -101,6 +101,10 @@ class Runner:
     if not self._rows:
       self.set_queue(0)  # the gauge is written once per batch, and here when the model goes idle
 
+  def _inline(self, size: int) -> bool:
+    """Whether the last call at this bucket size was short enough to run on the event loop."""
+    return self._call_s.get(size, self.inline_call_s) < self.inline_call_s
+
   def _timed(self, size: int, arrays: Arrays) -> Arrays:
     t0 = time.perf_counter()
     out = self.run(arrays)
@@ -114,7 +118,7 @@ class Runner:
     self.set_queue(self._rows)
     if self.batchable:
       arrays = pad_rows([arrays], size)
-    if self._call_s.get(size, self.inline_call_s) < self.inline_call_s:
+    if self._inline(size):
       return self._timed(size, arrays)
     return await asyncio.get_running_loop().run_in_executor(self.executor, self._timed, size, arrays)
 
@@ -176,27 +180,29 @@ class Runner:
       batch.append(item)
       rows += item[1]
     self._queued_rows -= rows
-    size = self._bucket(rows)
-    self.observe_batch(rows)
-    self.set_queue(self._rows)
-    arrays = pad_rows([item[0] for item in batch], size)
     loop = asyncio.get_running_loop()
-    if self._call_s.get(size, self.inline_call_s) < self.inline_call_s:
-      try:
-        out = self._timed(size, arrays)
-      except Exception as e:  # noqa: BLE001 - every waiting request gets the error; the queue goes on
-        self._fail(batch, e)
-      else:
-        self._deliver(batch, out)
-      self._schedule(loop)
-      return
-    self._busy = True
-    done = loop.run_in_executor(self.executor, self._timed, size, arrays)
-    done.add_done_callback(lambda f: self._ended(batch, f, loop))
+    try:
+      size = self._bucket(rows)
+      self.observe_batch(rows)
+      self.set_queue(self._rows)
+      arrays = pad_rows([item[0] for item in batch], size)
+      if not self._inline(size):
+        done = loop.run_in_executor(self.executor, self._timed, size, arrays)
+        self._busy = True
+        done.add_done_callback(lambda f: self._ended(batch, f, loop))
+        return
+      out = self._timed(size, arrays)
+    except Exception as e:  # noqa: BLE001 - every waiting request gets the error; the queue goes on
+      self._fail(batch, e)
+    else:
+      self._deliver(batch, out)
+    self._schedule(loop)
 
   def _ended(self, batch: list, done: asyncio.Future, loop: asyncio.AbstractEventLoop) -> None:
     self._busy = False
-    if done.exception() is not None:
+    if done.cancelled():
+      self._fail(batch, RuntimeError('the model call was cancelled (the server is stopping)'))
+    elif done.exception() is not None:
       self._fail(batch, done.exception())
     else:
       self._deliver(batch, done.result())
