@@ -34,6 +34,7 @@ from maasjax.spec import SERVING_DEFAULT
 log = logging.getLogger('maasjax.serve')
 request_log = logging.getLogger('maasjax.serve.requests')  # one JSON line per request, at debug level
 JSON = 'application/json'
+JSON_BYTES = JSON.encode()
 # The predict routes, as Starlette matches them ({name} and {version} are [^/]+, greedy).
 PREDICT_PATH = re.compile(r'/(?:v2/models/(?P<v2>[^/]+)(?:/versions/(?P<v2_version>[^/]+))?/infer'
                           r'|v1/models/(?P<v1>[^/]+)(?:/versions/(?P<v1_version>[^/]+))?:predict)')
@@ -65,7 +66,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
   return Response(_error_body(message), status_code=status, media_type=JSON, headers=headers)
 
 
-def response_start(status: int, content: bytes, content_type: bytes = b'application/json',
+def response_start(status: int, content: bytes, content_type: bytes = JSON_BYTES,
                    headers: dict[str, str] | None = None) -> dict:
   """The ASGI response start message, with the header list Starlette's Response would build."""
   raw = [(k.lower().encode('latin-1'), v.encode('latin-1')) for k, v in headers.items()] if headers else []
@@ -263,11 +264,11 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
       content, content_type, extra = await work[api](model, body, headers)
       code = 200
     except ServeError as e:
-      code, content, content_type, extra = e.status, _error_body(e.message), b'application/json', e.headers
+      code, content, content_type, extra = e.status, _error_body(e.message), JSON_BYTES, e.headers
     except Exception as e:  # noqa: BLE001 - a model failure is the server's 500, with the reason
       log.exception('model %s failed', name)
       code, content, content_type, extra = 500, _error_body(
-          f'model {name!r} failed: {type(e).__name__}: {str(e)[:300]}'), b'application/json', None
+          f'model {name!r} failed: {type(e).__name__}: {str(e)[:300]}'), JSON_BYTES, None
     elapsed = time.perf_counter() - t0
     key = (label, api, code)
     children = metric_children.get(key)
@@ -301,14 +302,14 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
     inputs = codec.v2_inputs(req, binary, sig)
     outputs = await runner(model, sig_name).submit(inputs, codec.batch_rows(inputs, sig))
     content, extra = codec.v2_response(req, model.name, model.version, outputs)
-    return content, b'application/octet-stream' if extra else b'application/json', extra
+    return content, b'application/octet-stream' if extra else JSON_BYTES, extra
 
   async def v1_predict_work(model, body, headers):
     req = codec.loads(body)
     sig_name, sig = signature(model, req.get('signature_name') if isinstance(req, dict) else None)
     inputs, row_format = codec.v1_inputs(req, sig)
     outputs = await runner(model, sig_name).submit(inputs, codec.batch_rows(inputs, sig))
-    return codec.v1_response(outputs, row_format), b'application/json', None
+    return codec.v1_response(outputs, row_format), JSON_BYTES, None
 
   work = {'v2': v2_infer_work, 'v1': v1_predict_work}
   # Registered first (routes are matched in order) for what FastAPI answers on these paths: a 405 to a GET.
@@ -316,6 +317,7 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
     for path in (f'/{api}/models/{{name}}', f'/{api}/models/{{name}}/versions/{{version}}'):
       app.add_route(path + suffix, _PredictRoute(predict, api), methods=['POST'])
 
+  # --- TF Serving REST API v1 ---------------------------------------------------------------
   @app.post('/v1/models/{name}:{method}')
   async def v1_other_method(name: str, method: str, request: Request):
     raise ServeError(400, f'method {method!r} is not supported; use :predict')
