@@ -156,8 +156,7 @@ def start(kind, args, port, workers=2):
   if kind in ('jax', 'savedmodel'):
     procs = [subprocess.Popen([sys.executable, '-m', 'maasjax.cli', 'serve', '--model-base-path', args.model_base_path,
                                '--port', str(port), '--log-level', 'warning', '--backend', kind, '--workers', str(workers),
-                               '--max-batch-size', str(args.max_batch_size), '--batch-timeout-ms', args.batch_timeout_ms],
-                              **quiet)]
+                               '--max-batch-size', str(args.max_batch_size), *timeout_args(args)], **quiet)]
     wait_ready(port, procs)
     while loaded_copies(port) < workers:
       time.sleep(0.2)
@@ -171,6 +170,10 @@ def start(kind, args, port, workers=2):
                                version_dir], **quiet)]
     wait_ready(port, procs, '/v2/models/digits/ready')
   return procs, time.time() - t0
+
+
+def timeout_args(args) -> list[str]:
+  return ['--batch-timeout-ms', args.batch_timeout_ms] if args.batch_timeout_ms else []
 
 
 def stop(procs):
@@ -237,7 +240,7 @@ def main():
   p.add_argument('--clients', type=int, default=16)
   p.add_argument('--requests', type=int, default=8000)
   p.add_argument('--max-batch-size', type=int, default=32)
-  p.add_argument('--batch-timeout-ms', default='1')
+  p.add_argument('--batch-timeout-ms', help='maasjax serve --batch-timeout-ms (default: the server\'s own)')
   p.add_argument('--workers', type=int, default=1, help='server processes (maasjax serve --workers)')
   p.add_argument('--backend', default='jax', choices=('jax', 'savedmodel'))
   p.add_argument('--buckets', help='batch sizes calls are padded to (maasjax serve --buckets)')
@@ -254,7 +257,7 @@ def main():
   if args.buckets:
     common += ['--buckets', args.buckets]
   rows = [run(args.model_base_path, args.model, args.clients, args.requests,
-              common + ['--batch-timeout-ms', args.batch_timeout_ms], 'batching on', args.workers),
+              common + timeout_args(args), 'batching on', args.workers),
           run(args.model_base_path, args.model, args.clients, args.requests, common + ['--no-batching'], 'batching off', args.workers)]
   print(f'{"run":14s} {"requests":>8s} {"errors":>6s} {"req/s":>8s} {"p50 ms":>7s} {"p99 ms":>7s} {"avg batch":>9s}')
   for r in rows:

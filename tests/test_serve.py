@@ -323,3 +323,130 @@ def test_two_workers_share_the_port_and_pool_their_metrics(jax_keyed_server, ref
 def request_lines(output: str) -> list[dict]:
   """The server's per-request log lines: whole lines of JSON (nothing else on a line starting with '{')."""
   return [json.loads(line) for line in output.splitlines() if line.startswith('{')]
+
+
+def test_runner_batches_what_one_loop_iteration_parses_and_runs_short_calls_on_the_loop():
+  """No batch timeout: requests submitted in one event-loop iteration share one call. A call known to be short
+  runs on the event loop (a hand-off to the model thread costs more); the first call of a size, and any call
+  known to take longer than inline_call_s, run in the model thread."""
+  import asyncio
+  import threading
+  from concurrent.futures import ThreadPoolExecutor
+  from maasjax.serve.batching import Runner
+
+  def runner(delay_s):
+    calls = []
+    def run(arrays):
+      calls.append((threading.get_ident(), arrays['x'].shape[0]))
+      time.sleep(delay_s)
+      return {'y': arrays['x'] * 2}
+    return calls, Runner(run, ThreadPoolExecutor(1), max_batch_size=8, batch_timeout_s=0.0, buckets=(1, 8),
+                         max_queue_rows=64, observe_batch=lambda rows: None, set_queue=lambda rows: None,
+                         inline_call_s=0.002)
+
+  async def bursts(r):
+    out = []
+    for _ in range(3):
+      results = await asyncio.gather(*(r.submit({'x': np.full((1, 2), i, np.float32)}, 1) for i in range(5)))
+      out.append([float(y['y'][0, 0]) for y in results])
+    return threading.get_ident(), out
+
+  fast_calls, fast = runner(0.0)
+  loop_thread, results = asyncio.run(bursts(fast))
+  assert results == [[0.0, 2.0, 4.0, 6.0, 8.0]] * 3  # each request gets its own rows back
+  assert [rows for _, rows in fast_calls] == [8, 8, 8]  # one call per burst, padded to the bucket
+  assert [t == loop_thread for t, _ in fast_calls] == [False, True, True]
+  slow_calls, slow = runner(0.005)
+  loop_thread, _ = asyncio.run(bursts(slow))
+  assert len(slow_calls) == 3 and all(t != loop_thread for t, _ in slow_calls)
+
+  async def unbatchable_burst(r):  # rows that cannot be stacked: each request in the batch gets the error
+    return await asyncio.wait_for(asyncio.gather(
+        r.submit({'x': np.zeros((1, 2), np.float32)}, 1), r.submit({'x': np.zeros((1, 3), np.float32)}, 1)), 5)
+  with pytest.raises(ValueError, match='concatenat'):
+    asyncio.run(unbatchable_burst(runner(0.0)[1]))
+
+
+def test_predict_routes_answer_in_front_of_fastapi(exported):
+  """POSTs to the predict routes never enter FastAPI (its middleware, routing and Request/Response objects
+  cost more per request than a small model) and answer with codec's body and the headers a Starlette Response
+  would send; other methods on those paths still get FastAPI's 405."""
+  import gc
+  from fastapi.testclient import TestClient
+  from starlette.responses import Response
+  from maasjax.serve import codec
+  from maasjax.serve.app import ServeSettings
+  from maasjax.serve.server import build
+  gc.unfreeze()
+  app, repo = build(exported['base'], ServeSettings(max_batch_size=8, buckets=(8,), max_body_bytes=20_000))
+  repo.poll()
+  assert gc.get_freeze_count() > 0  # what a load leaves alive is hidden from the collector's full passes
+  fastapi_app, entered = app.app, []
+
+  async def spy(scope, receive, send):
+    if scope['type'] == 'http':
+      entered.append(scope['path'])
+    await fastapi_app(scope, receive, send)
+  app.app = spy
+  x = heldout_digits(3)
+  out8 = repo.get('digits').run('serving_default', {'inputs': np.concatenate([x, np.zeros((5, 8, 8, 1), np.float32)])})
+  outputs = {k: v[:3] for k, v in out8.items()}  # what a batch padded to 8 rows gives these 3
+  tensor = {'name': 'inputs', 'shape': [3, 8, 8, 1], 'datatype': 'FP32'}
+  as_json = {'id': 'a', 'inputs': [dict(tensor, data=x.ravel().tolist())], 'outputs': [{'name': 'logits'}]}
+  as_binary = {'inputs': [dict(tensor, parameters={'binary_data_size': x.nbytes})],
+               'parameters': {'binary_data_output': True}}
+  head = json.dumps(as_binary).encode()
+  with TestClient(app) as client:
+    for path, body, headers, (content, extra) in [
+        ('/v2/models/digits/infer', json.dumps(as_json).encode(), {}, codec.v2_response(as_json, 'digits', 1, outputs)),
+        ('/v2/models/digits/versions/1/infer', head + x.tobytes(), {'Inference-Header-Content-Length': str(len(head))},
+         codec.v2_response(as_binary, 'digits', 1, outputs)),
+        ('/v1/models/digits:predict', json.dumps({'instances': x.tolist()}).encode(), {},
+         (codec.v1_response(outputs, True), None))]:
+      r = client.post(path, content=body, headers=headers)
+      want = Response(content, media_type='application/octet-stream' if extra else 'application/json', headers=extra)
+      assert (r.status_code, r.content, r.headers.raw) == (200, content, want.raw_headers), path
+    r = client.post('/v1/models/nosuch/versions/1:predict', content=b'{}')
+    assert r.status_code == 404 and r.headers.raw == Response(r.content, 404, media_type='application/json').raw_headers
+    chunked = client.post('/v2/models/digits/infer', content=iter([b' ' * 30_000]))  # no Content-Length
+    assert chunked.status_code == 413 and 'exceeds the limit of 20000 bytes' in chunked.json()['error']
+    assert entered == []
+    assert client.get('/v2/models/digits/infer').status_code == 405 and entered == ['/v2/models/digits/infer']
+
+
+def test_a_response_leaves_in_one_write():
+  """uvicorn writes a response's headers, then its body: the server's transport holds both until the end of the
+  loop iteration and writes them with one syscall (on loopback, one wake-up of the client instead of two)."""
+  import asyncio
+  from maasjax.serve.server import _CoalescedWrites
+
+  class Transport:
+    def __init__(self):
+      self.writes, self.closed = [], False
+
+    def write(self, data):
+      self.writes.append(data)
+
+    def is_closing(self):
+      return self.closed
+
+    def close(self):
+      self.closed = True
+
+    def get_extra_info(self, name):
+      return name
+
+  async def respond(t, transport):
+    t.write(b'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n')
+    t.write(b'{}')
+    held = list(transport.writes)
+    await asyncio.sleep(0)
+    t.write(b'bye')
+    t.close()  # a closing connection writes what it holds first
+    return held
+
+  transport = Transport()
+  t = _CoalescedWrites(transport, asyncio.new_event_loop())
+  held = t._loop.run_until_complete(respond(t, transport))
+  assert held == [] and transport.writes == [b'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}', b'bye']
+  assert transport.closed and t.get_extra_info('peername') == 'peername'

@@ -1,7 +1,9 @@
 """The HTTP app: TF Serving REST v1 and Open Inference Protocol v2 routes over one model repository.
 
-Routes are plain FastAPI handlers that read the body once, parse it with orjson and answer with
-prebuilt bytes: pydantic models per request would cost more than the model call for small inputs.
+A POST to a predict route (`/v2/models/NAME[/versions/V]/infer`, `/v1/models/NAME[/versions/V]:predict`)
+is answered on raw ASGI, in front of FastAPI: its middleware, routing and Request/Response objects cost
+more per request than parsing the body and running a small model. Every other route is a plain FastAPI
+handler that parses with orjson and answers with prebuilt bytes (no pydantic models per request).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,12 +34,17 @@ from maasjax.spec import SERVING_DEFAULT
 log = logging.getLogger('maasjax.serve')
 request_log = logging.getLogger('maasjax.serve.requests')  # one JSON line per request, at debug level
 JSON = 'application/json'
+JSON_BYTES = JSON.encode()
+# The predict routes, as Starlette matches them ({name} and {version} are [^/]+, greedy).
+PREDICT_PATH = re.compile(r'/(?:v2/models/(?P<v2>[^/]+)(?:/versions/(?P<v2_version>[^/]+))?/infer'
+                          r'|v1/models/(?P<v1>[^/]+)(?:/versions/(?P<v1_version>[^/]+))?:predict)')
+_REQUEST_HEADERS = {b'content-length', b'authorization', b'inference-header-content-length'}
 
 
 @dataclasses.dataclass
 class ServeSettings:
   max_batch_size: int = 32
-  batch_timeout_ms: float = 1.0
+  batch_timeout_ms: float = 0.0  # 0: requests parsed in one loop iteration, or while the model runs, share a call
   buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
   batching: bool = True
   max_queue_rows: int = 1024  # per model version and signature; beyond it requests get 429
@@ -50,8 +58,30 @@ class ServeSettings:
   load_before_serving: bool = False
 
 
+def _error_body(message: str) -> bytes:
+  return codec.dumps({'error': message})
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-  return Response(codec.dumps({'error': message}), status_code=status, media_type=JSON, headers=headers)
+  return Response(_error_body(message), status_code=status, media_type=JSON, headers=headers)
+
+
+def response_start(status: int, content: bytes, content_type: bytes = JSON_BYTES,
+                   headers: dict[str, str] | None = None) -> dict:
+  """The ASGI response start message, with the header list Starlette's Response would build."""
+  raw = [(k.lower().encode('latin-1'), v.encode('latin-1')) for k, v in headers.items()] if headers else []
+  raw.append((b'content-length', b'%d' % len(content)))
+  raw.append((b'content-type', content_type))
+  return {'type': 'http.response.start', 'status': status, 'headers': raw}
+
+
+def request_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+  """The headers a predict route reads, from the ASGI scope (the first of repeated ones, as Starlette)."""
+  out = {}
+  for k, v in raw:
+    if k in _REQUEST_HEADERS and k not in out:
+      out[k] = v
+  return {k.decode(): v.decode('latin-1') for k, v in out.items()}
 
 
 def _wrong_method(request: Request) -> ServeError:
@@ -70,21 +100,60 @@ def _version(text: str | None) -> int | None:
   return int(text)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-  length = request.headers.get('content-length')
+async def receive_body(receive, length: str | None, limit: int) -> bytes:
+  """The request body from ASGI `receive`, or a 400/413 (a declared length over the limit is refused unread)."""
   if length is not None:
     if not length.isdigit():
       raise ServeError(400, f'Content-Length {length!r} is not a number')
     if int(length) > limit:
       raise ServeError(413, f'request body of {length} bytes exceeds the limit of {limit} bytes')
-    return await request.body()
   chunks, size = [], 0
-  async for chunk in request.stream():  # chunked transfer: count as it arrives
+  while True:  # one message, unless the body came in chunks (chunked transfer: count as it arrives)
+    message = await receive()
+    if message['type'] == 'http.disconnect':
+      raise ServeError(400, 'the client disconnected before sending the whole body')
+    chunk = message.get('body', b'')
     size += len(chunk)
     if size > limit:
       raise ServeError(413, f'request body exceeds the limit of {limit} bytes')
+    if not message.get('more_body'):
+      return b''.join(chunks + [chunk]) if chunks else chunk
     chunks.append(chunk)
-  return b''.join(chunks)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+  return await receive_body(request.receive, request.headers.get('content-length'), limit)
+
+
+class _PredictFirst:
+  """ASGI: a POST to a predict route goes straight to `predict(scope, receive, send, api, name, version)`;
+  everything else (a GET of a predict route included, for its 405) goes to the FastAPI app."""
+
+  def __init__(self, app, predict):
+    self.app = app
+    self.predict = predict
+
+  async def __call__(self, scope, receive, send):
+    if scope['type'] == 'http' and scope['method'] == 'POST':
+      m = PREDICT_PATH.fullmatch(scope['path'])
+      if m is not None:
+        v2 = m['v2']
+        if v2 is not None:
+          return await self.predict(scope, receive, send, 'v2', v2, m['v2_version'])
+        return await self.predict(scope, receive, send, 'v1', m['v1'], m['v1_version'])
+    return await self.app(scope, receive, send)
+
+
+class _PredictRoute:
+  """The same handler as a Starlette route's ASGI app (reached only if the front door is bypassed)."""
+
+  def __init__(self, predict, api: str):
+    self.predict = predict
+    self.api = api
+
+  async def __call__(self, scope, receive, send):
+    p = scope['path_params']
+    await self.predict(scope, receive, send, self.api, p['name'], p.get('version'))
 
 
 class _RequestLog:
@@ -113,7 +182,8 @@ class _RequestLog:
           'client': client[0] if client else None}).decode())
 
 
-def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics) -> FastAPI:
+def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics):
+  """The ASGI app: predict routes on raw ASGI in front of the FastAPI app that answers the rest."""
   executor = ThreadPoolExecutor(settings.model_threads, thread_name_prefix='maasjax-model')
   state = {'loop': None}
   metric_children = {}
@@ -146,9 +216,6 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
   app = FastAPI(title='maasjax model server', version=maasjax.__version__, lifespan=lifespan,
                 docs_url=None, redoc_url=None, openapi_url=None,
                 telemetry={'tracing': False, 'metrics': False, 'logs': False, 'operation_spans': False})
-
-  if request_log.isEnabledFor(logging.DEBUG):
-    app.add_middleware(_RequestLog)
 
   @app.exception_handler(ServeError)
   async def serve_error(request, e: ServeError):
@@ -184,21 +251,24 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
                             f'{", ".join(sorted(model.signatures))}')
     return sig_name, model.signatures[sig_name]
 
-  async def handle(request: Request, name: str, version: str | None, api: str, work) -> Response:
-    """Auth, body, model lookup and metrics around `work(model, body) -> Response`."""
+  async def predict(scope, receive, send, api: str, name: str, version: str | None) -> None:
+    """A POST to a predict route, whole: auth, body, model lookup, `work[api]`, the response and its metrics."""
     t0 = time.perf_counter()
+    headers = request_headers(scope['headers'])
     label = name if name in repo.status else '_unknown'
     try:
-      authorize(request, name)
-      body = await _read_body(request, settings.max_body_bytes)
+      if settings.api_keys is not None:
+        settings.api_keys.check(headers.get('authorization'), name)
+      body = await receive_body(receive, headers.get('content-length'), settings.max_body_bytes)
       model = repo.get(name, _version(version))
-      response = await work(model, body, request)
+      content, content_type, extra = await work[api](model, body, headers)
+      code = 200
     except ServeError as e:
-      response = _error(e.status, e.message, e.headers)
+      code, content, content_type, extra = e.status, _error_body(e.message), JSON_BYTES, e.headers
     except Exception as e:  # noqa: BLE001 - a model failure is the server's 500, with the reason
       log.exception('model %s failed', name)
-      response = _error(500, f'model {name!r} failed: {type(e).__name__}: {str(e)[:300]}')
-    code = response.status_code
+      code, content, content_type, extra = 500, _error_body(
+          f'model {name!r} failed: {type(e).__name__}: {str(e)[:300]}'), JSON_BYTES, None
     elapsed = time.perf_counter() - t0
     key = (label, api, code)
     children = metric_children.get(key)
@@ -209,7 +279,8 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
     children[1].observe(elapsed)
     if code != 200:
       metrics.errors.labels(str(code)).inc()
-    return response
+    await send(response_start(code, content, content_type, extra))
+    await send({'type': 'http.response.body', 'body': content})
 
   def both_versions(api: str, suffix: str, fn, method: str = 'GET') -> None:
     """Routes /API/models/NAME[/versions/V]SUFFIX to `fn(name, version or None, request)`.
@@ -223,34 +294,30 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
     for path in (f'/{api}/models/{{name}}', f'/{api}/models/{{name}}/versions/{{version}}'):
       app.add_route(path + suffix, endpoint, methods=[method])
 
-  # The two predict routes come first: routes are matched in order, and these carry the load.
-  async def v2_infer_work(model, body, request):
-    req, binary = codec.v2_split_body(body, request.headers.get('inference-header-content-length'))
+  # Each work function returns (body, content type, extra headers).
+  async def v2_infer_work(model, body, headers):
+    req, binary = codec.v2_split_body(body, headers.get('inference-header-content-length'))
     params = req.get('parameters') if isinstance(req, dict) else None
     sig_name, sig = signature(model, (params or {}).get('signature_name') if isinstance(params, dict) else None)
     inputs = codec.v2_inputs(req, binary, sig)
     outputs = await runner(model, sig_name).submit(inputs, codec.batch_rows(inputs, sig))
-    content, headers = codec.v2_response(req, model.name, model.version, outputs)
-    return Response(content, media_type='application/octet-stream' if headers else JSON, headers=headers)
+    content, extra = codec.v2_response(req, model.name, model.version, outputs)
+    return content, b'application/octet-stream' if extra else JSON_BYTES, extra
 
-  async def v2_infer(name, version, request):
-    return await handle(request, name, version, 'v2', v2_infer_work)
-
-  both_versions('v2', '/infer', v2_infer, 'POST')
-
-  # --- TF Serving REST API v1 ---------------------------------------------------------------
-  async def v1_predict_work(model, body, request):
+  async def v1_predict_work(model, body, headers):
     req = codec.loads(body)
     sig_name, sig = signature(model, req.get('signature_name') if isinstance(req, dict) else None)
     inputs, row_format = codec.v1_inputs(req, sig)
     outputs = await runner(model, sig_name).submit(inputs, codec.batch_rows(inputs, sig))
-    return Response(codec.v1_response(outputs, row_format), media_type=JSON)
+    return codec.v1_response(outputs, row_format), JSON_BYTES, None
 
-  async def v1_predict(name, version, request):
-    return await handle(request, name, version, 'v1', v1_predict_work)
+  work = {'v2': v2_infer_work, 'v1': v1_predict_work}
+  # Registered first (routes are matched in order) for what FastAPI answers on these paths: a 405 to a GET.
+  for api, suffix in (('v2', '/infer'), ('v1', ':predict')):
+    for path in (f'/{api}/models/{{name}}', f'/{api}/models/{{name}}/versions/{{version}}'):
+      app.add_route(path + suffix, _PredictRoute(predict, api), methods=['POST'])
 
-  both_versions('v1', ':predict', v1_predict, 'POST')
-
+  # --- TF Serving REST API v1 ---------------------------------------------------------------
   @app.post('/v1/models/{name}:{method}')
   async def v1_other_method(name: str, method: str, request: Request):
     raise ServeError(400, f'method {method!r} is not supported; use :predict')
@@ -377,4 +444,5 @@ def create_app(repo: Repository, settings: ServeSettings, metrics: ServerMetrics
   async def prometheus_metrics():
     return Response(metrics.render(), media_type='text/plain; version=0.0.4')
 
-  return app
+  front = _PredictFirst(app, predict)
+  return _RequestLog(front) if request_log.isEnabledFor(logging.DEBUG) else front

@@ -125,7 +125,6 @@ def load_jax(path: str, name: str, version: int) -> LoadedModel:
   """The version's own JAX artifact (jax.export modules + variables.npz, maasjax.export.portable): no
   training code, no workdir, no jax.distributed. A version exported before the artifact existed is served
   from its SavedModel, with a log line."""
-  import jax
   from maasjax.export import portable
   meta = layout.read_metadata(path)
   if not meta or not portable.has_artifact(path):
@@ -140,8 +139,8 @@ def load_jax(path: str, name: str, version: int) -> LoadedModel:
                for k, o in recorded.get('outputs', {}).items()}
     sigs[sig_name] = ServableSignature(inputs, outputs, bool(recorded.get('batchable', True)))
 
-  def run(sig_name, inputs):
-    return {k: np.asarray(v) for k, v in jax.device_get(fns[sig_name](variables, inputs)).items()}
+  def run(sig_name, inputs):  # np.asarray per output: jax.device_get's tree walk costs more than the call
+    return {k: np.asarray(v) for k, v in fns[sig_name](variables, inputs).items()}
 
   return LoadedModel(name, version, path, 'jax', sigs, meta, run, lm=lm_functions(path, meta, variables))
 

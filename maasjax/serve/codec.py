@@ -5,6 +5,7 @@ reaches a model; each refusal is a 400 that names the tensor and what was expect
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -206,7 +207,7 @@ def v2_inputs(req: dict, binary: memoryview, sig: ServableSignature) -> dict[str
     want = v2_datatype(spec.np_dtype)
     if datatype != want:
       raise ServeError(400, f'input {name!r}: datatype {datatype!r} does not match the model\'s {want}')
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     size = (t.get('parameters') or {}).get('binary_data_size')
     if size is not None:
       itemsize = spec.np_dtype.itemsize

@@ -13,8 +13,9 @@ def add_args(p):
                       'SavedModel, as TF Serving runs it)')
   p.add_argument('--version-policy', default='latest', help='latest | latest:N | all | specific:V1,V2 (default latest)')
   p.add_argument('--max-batch-size', type=int, default=32, help='rows per model call (default 32)')
-  p.add_argument('--batch-timeout-ms', type=float, default=1.0,
-                 help='longest a request waits for others to join its batch (default 1 ms)')
+  p.add_argument('--batch-timeout-ms', type=float, default=0.0,
+                 help='longest a request waits for others to join its batch (default 0: no wait; requests that '
+                      'arrive together, or while the model is busy, still share a call)')
   p.add_argument('--buckets', help='batch sizes calls are padded to (default 1,2,4,8,...,max-batch-size)')
   p.add_argument('--no-batching', action='store_true', help='one model call per request (still padded to buckets)')
   p.add_argument('--max-queue-rows', type=int, default=1024, help='queued rows per model before 429 (default 1024)')
