@@ -23,7 +23,11 @@ import sys
 import tempfile
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+try:  # uvicorn's protocol class is not public API: without it, responses leave in two writes as before
+  from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # pragma: no cover - a uvicorn that moved it
+  HttpToolsProtocol = None
 
 from maasjax.config import ConfigError
 from maasjax.serve.app import ServeSettings, create_app
@@ -98,11 +102,14 @@ class _CoalescedWrites:
     return getattr(self._transport, name)
 
 
-class HttpProtocol(HttpToolsProtocol):
-  """uvicorn's httptools protocol, writing each response with one syscall."""
+if HttpToolsProtocol is not None:
+  class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, writing each response with one syscall."""
 
-  def connection_made(self, transport) -> None:
-    super().connection_made(_CoalescedWrites(transport, self.loop))
+    def connection_made(self, transport) -> None:
+      super().connection_made(_CoalescedWrites(transport, self.loop))
+else:  # pragma: no cover
+  HttpProtocol = 'httptools'
 
 
 class _Server(uvicorn.Server):
