@@ -224,6 +224,9 @@ class EncoderClassifier(TransformerBase):
 
 class DecoderLM(TransformerBase):
   """Causal decoder-only language model: tokens [B, L] -> next-token logits [B, L, V]."""
+  # Its train step without XLA:CPU's YNNPACK fusions: 1.05-1.10x faster in two interleaved runs (4 x d256,
+  # seq 128, batch 16), now that fp32 attention is one fused op (the explicit form had lost 8% without them).
+  cpu_compiler_options = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
   @nn.compact
   def __call__(self, tokens_BxL, positions_BxL=None, train: bool = False, decode: bool = False):
