@@ -334,7 +334,7 @@ def test_runner_batches_what_one_loop_iteration_parses_and_runs_short_calls_on_t
   from concurrent.futures import ThreadPoolExecutor
   from maasjax.serve.batching import Runner
 
-  def runner(delay_s):
+  def runner(delay_s, inline_call_s):  # thresholds far from the delays: a busy machine cannot flip them
     calls = []
     def run(arrays):
       calls.append((threading.get_ident(), arrays['x'].shape[0]))
@@ -342,7 +342,7 @@ def test_runner_batches_what_one_loop_iteration_parses_and_runs_short_calls_on_t
       return {'y': arrays['x'] * 2}
     return calls, Runner(run, ThreadPoolExecutor(1), max_batch_size=8, batch_timeout_s=0.0, buckets=(1, 8),
                          max_queue_rows=64, observe_batch=lambda rows: None, set_queue=lambda rows: None,
-                         inline_call_s=0.002)
+                         inline_call_s=inline_call_s)
 
   async def bursts(r):
     out = []
@@ -351,12 +351,12 @@ def test_runner_batches_what_one_loop_iteration_parses_and_runs_short_calls_on_t
       out.append([float(y['y'][0, 0]) for y in results])
     return threading.get_ident(), out
 
-  fast_calls, fast = runner(0.0)
+  fast_calls, fast = runner(0.0, inline_call_s=0.5)
   loop_thread, results = asyncio.run(bursts(fast))
   assert results == [[0.0, 2.0, 4.0, 6.0, 8.0]] * 3  # each request gets its own rows back
   assert [rows for _, rows in fast_calls] == [8, 8, 8]  # one call per burst, padded to the bucket
   assert [t == loop_thread for t, _ in fast_calls] == [False, True, True]
-  slow_calls, slow = runner(0.005)
+  slow_calls, slow = runner(0.05, inline_call_s=0.01)
   loop_thread, _ = asyncio.run(bursts(slow))
   assert len(slow_calls) == 3 and all(t != loop_thread for t, _ in slow_calls)
 
@@ -364,7 +364,7 @@ def test_runner_batches_what_one_loop_iteration_parses_and_runs_short_calls_on_t
     return await asyncio.wait_for(asyncio.gather(
         r.submit({'x': np.zeros((1, 2), np.float32)}, 1), r.submit({'x': np.zeros((1, 3), np.float32)}, 1)), 5)
   with pytest.raises(ValueError, match='concatenat'):
-    asyncio.run(unbatchable_burst(runner(0.0)[1]))
+    asyncio.run(unbatchable_burst(runner(0.0, inline_call_s=0.5)[1]))
 
 
 def test_predict_routes_answer_in_front_of_fastapi(exported):
