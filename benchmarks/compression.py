@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -23,14 +22,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
-
-def ensure_trained(name: str) -> str:
-  workdir = os.path.join(ROOT, 'runs', name)
-  if not os.path.exists(os.path.join(workdir, 'summary.json')):
-    subprocess.run([sys.executable, '-m', 'maasjax.cli', 'train', '--config', f'experiments/{name}.py',
-                    '--workdir', workdir, '--config.progress_bar=false'], cwd=ROOT, check=True)
-  return workdir
-
 
 def variables_bytes(version_dir: str) -> int:
   folder = os.path.join(version_dir, 'variables')
@@ -52,6 +43,7 @@ def main() -> None:
   os.makedirs(args.out)
   t0 = time.time()
   load = os.getloadavg()
+  from benchmarks.distillation import ensure_trained
   cnn, resnet = ensure_trained('digits_cnn'), ensure_trained('digits_resnet')
   results: dict = {'machine_load_at_start': load}
 

@@ -41,13 +41,14 @@ ARMS = {
 BASELINE = 'without teacher, unregularised'  # the gap is measured against the same student without its teacher
 
 
-def ensure_teacher(split: int) -> str:
-  """runs/digits_cnn (the README's teacher) for split 0, runs/digits_cnn_splitS (dataset.split_seed=S) else."""
-  workdir = os.path.join(ROOT, 'runs', 'digits_cnn' + (f'_split{split}' if split else ''))
+def ensure_trained(name: str, split: int = 0) -> str:
+  """runs/NAME trained with experiments/NAME.py (the README's command) if missing; for split S > 0,
+  runs/NAME_splitS with dataset.split_seed=S."""
+  workdir = os.path.join(ROOT, 'runs', name + (f'_split{split}' if split else ''))
   if not os.path.exists(os.path.join(workdir, 'summary.json')):
-    subprocess.run([sys.executable, '-m', 'maasjax.cli', 'train', '--config', 'experiments/digits_cnn.py',
-                    '--workdir', workdir, '--config.progress_bar=false', f'--config.dataset.split_seed={split}'],
-                   cwd=ROOT, check=True)
+    subprocess.run([sys.executable, '-m', 'maasjax.cli', 'train', '--config', f'experiments/{name}.py',
+                    '--workdir', workdir, '--config.progress_bar=false']
+                   + ([f'--config.dataset.split_seed={split}'] if split else []), cwd=ROOT, check=True)
   return workdir
 
 
@@ -82,7 +83,7 @@ def main() -> None:
   t0, load = time.time(), os.getloadavg()
   results = {'student': STUDENT, 'steps': args.steps, 'teachers': [], 'arms': {}}
   for split in range(args.splits):
-    teacher = ensure_teacher(split)
+    teacher = ensure_trained('digits_cnn', split)
     with open(os.path.join(teacher, 'summary.json')) as f:
       t = json.load(f)
     results['teachers'].append({'split': split, 'test/accuracy': t['test/accuracy'],

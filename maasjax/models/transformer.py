@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maasjax.models.cnn import CPU_COMPILER_OPTIONS
 from maasjax.spec import PAD_ID
 
 POSITIONS = ('rotary', 'learned')
@@ -226,7 +227,7 @@ class DecoderLM(TransformerBase):
   """Causal decoder-only language model: tokens [B, L] -> next-token logits [B, L, V]."""
   # Its train step without XLA:CPU's YNNPACK fusions: 1.05-1.10x faster in two interleaved runs (4 x d256,
   # seq 128, batch 16), now that fp32 attention is one fused op (the explicit form had lost 8% without them).
-  cpu_compiler_options = {'xla_cpu_experimental_ynn_fusion_type': ''}
+  cpu_compiler_options = CPU_COMPILER_OPTIONS
 
   @nn.compact
   def __call__(self, tokens_BxL, positions_BxL=None, train: bool = False, decode: bool = False):
