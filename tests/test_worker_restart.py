@@ -42,7 +42,12 @@ def _listening_inodes(port: int) -> set[str]:
 
 def _sockets_held(pid: int, inodes: set[str]) -> int:
   fd_dir = f'/proc/{pid}/fd'
-  held = {os.readlink(os.path.join(fd_dir, fd)) for fd in os.listdir(fd_dir)}
+  held = set()
+  for fd in os.listdir(fd_dir):
+    try:
+      held.add(os.readlink(os.path.join(fd_dir, fd)))
+    except FileNotFoundError:  # closed between the listing and the read (a request's connection): not a socket kept
+      pass
   return len({f'socket:[{i}]' for i in inodes} & held)
 
 
