@@ -77,6 +77,10 @@ def test_existing_version_and_bad_name_are_refused(exported, capsys):
   assert 'model name' in capsys.readouterr().err
   assert cli.main(['export', '--workdir', workdir + '-missing', '--model-name', 'x', '--out', exported['base']]) == 2
   assert 'does not exist' in capsys.readouterr().err
+  assert cli.main(['export', '--workdir', workdir, '--model-name', 'x', '--step', '999', '--out', exported['base']]) == 2
+  err = capsys.readouterr().err
+  assert 'step 999 is not a checkpoint' in err and 'its saved steps: ' in err and err.count('\n') == 1, err
+  assert not os.path.exists(os.path.join(exported['base'], 'x'))
 
 
 def test_export_refuses_a_savedmodel_that_does_not_reproduce_jax(exported, monkeypatch):
