@@ -34,3 +34,16 @@ def test_help_and_listing_load_neither_flax_nor_tensorflow(tmp_path):
     loaded = _modules_after(code)
     heavy = [m for m in ('flax', 'tensorflow', 'jax', 'maasjax.train', 'maasjax.models') if m in loaded]
     assert not heavy, (argv, heavy)
+
+
+def test_training_on_embedded_data_loads_neither_tensorflow_nor_sklearn_datasets(tmp_path):
+  """TensorFlow (~4 s) is for tfds data and export; sklearn.datasets (~1.6 s) only held the digits file. A
+  digits run's start-up pays for neither, TensorBoard scalars included."""
+  code = ('from maasjax.config import load_config\nfrom maasjax.train.loop import train_and_evaluate\n'
+          "config = load_config('experiments/digits_mlp.py')\n"
+          'config.num_train_steps = config.log_every_steps = config.eval_every_steps = 2\n'
+          'config.checkpoint.every_steps = 2\n'
+          f'train_and_evaluate(config, {str(tmp_path / "run")!r})')
+  loaded = _modules_after(code)
+  assert 'maasjax.train.scalars' in loaded and (tmp_path / 'run' / 'summary.json').exists()
+  assert not [m for m in ('tensorflow', 'sklearn.datasets') if m in loaded]

@@ -35,8 +35,14 @@ def test_digits_mlp_learns_and_writes_everything(mlp_run):
   assert rows[-1]['train/loss'] < rows[0]['train/loss']
   assert sum('eval/accuracy' in r for r in rows) == 3
   assert os.path.getsize(os.path.join(workdir, 'learning_curves.png')) > 10_000
-  events = [f for _, _, fs in os.walk(os.path.join(workdir, 'tensorboard')) for f in fs if 'tfevents' in f]
-  assert events
+  # TensorBoard reads the same scalars as metrics.jsonl, and the run's hyperparameters.
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  board = EventAccumulator(os.path.join(workdir, 'tensorboard'))
+  board.Reload()
+  assert [(e.step, e.value) for e in board.Scalars('train/loss')] == [
+      (r['step'], pytest.approx(r['train/loss'])) for r in rows]
+  assert [e.step for e in board.Scalars('eval/accuracy')] == [r['step'] for r in rows if 'eval/accuracy' in r]
+  assert '_hparams_/session_start_info' in board.Tags()['tensors'] + list(board.summary_metadata)
   steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
   assert steps == [100, 200, 300]
 

@@ -156,7 +156,7 @@ def evaluate_split(exp: Experiment, state: TrainState, split: str, prefix: str |
 
 
 class _Log:
-  """Process-0 outputs: metrics.jsonl, TensorBoard (clu), a progress bar or plain lines."""
+  """Process-0 outputs: metrics.jsonl, TensorBoard scalars, a progress bar or plain lines."""
 
   def __init__(self, workdir: str, config, start_step: int, active: bool):
     self.active = active
@@ -171,8 +171,8 @@ class _Log:
         rows = [line for line in f if line.strip() and json.loads(line).get('step', 0) <= start_step]
       with open(self.path, 'w') as f:
         f.writelines(rows)
-    from clu import metric_writers
-    self.writer = metric_writers.create_default_writer(os.path.join(workdir, 'tensorboard'), asynchronous=True)
+    from maasjax.train.scalars import ScalarWriter
+    self.writer = ScalarWriter(os.path.join(workdir, 'tensorboard'))
     self.writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
                                if isinstance(v, (int, float, str, bool))})
     interactive = bool(config.get('progress_bar', True)) and sys.stderr.isatty()
