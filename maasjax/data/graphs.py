@@ -11,6 +11,7 @@ import numpy as np
 
 from maasjax.config import ConfigError
 from maasjax.data.base import Batch, Dataset, DatasetInfo, EpochPermutations, stream_indices
+from maasjax.data.images import sklearn_digits
 from maasjax.data.tfds_source import prepared_builder
 
 GRAPH_KEYS = ('nodes', 'edges', 'senders', 'receivers', 'n_node', 'n_edge')
@@ -182,11 +183,10 @@ def load_karate(cfg: ml_collections.ConfigDict, seed: int) -> WholeGraphDataset:
 
 def load_digits_knn(cfg: ml_collections.ConfigDict, seed: int) -> WholeGraphDataset:
   """scikit-learn's digits as one k-nearest-neighbour graph (symmetrised); few labels per class."""
-  from sklearn.datasets import load_digits
   from sklearn.neighbors import NearestNeighbors
-  data = load_digits()
-  x = data.data.astype(np.float32)  # (1797, 64), intensities 0..16
-  labels = data.target.astype(np.int32)
+  images, targets = sklearn_digits()
+  x = images.reshape(len(images), -1).astype(np.float32)  # (1797, 64), intensities 0..16
+  labels = targets.astype(np.int32)
   k = int(cfg.get('num_neighbors', 10))
   if k < 1:
     raise ConfigError(f'config.dataset.num_neighbors={k}: expected an integer >= 1')

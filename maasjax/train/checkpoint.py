@@ -118,8 +118,9 @@ class Checkpointer:
     step = self.manager.latest_step() if step is None else step
     if step is None:
       return None
-    if step not in self.manager.all_steps():
-      saved = ', '.join(map(str, sorted(self.manager.all_steps()))) or 'none'
+    saved_steps = self.manager.all_steps()
+    if step not in saved_steps:
+      saved = ', '.join(map(str, sorted(saved_steps))) or 'none'
       raise ConfigError(f'step {step} is not a checkpoint in {self.directory}; its saved steps: {saved}')
     target = flax.serialization.to_state_dict(abstract_state)
     try:

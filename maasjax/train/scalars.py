@@ -15,29 +15,28 @@ import socket
 import time
 from typing import Any
 
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.hparams import summary_v2
+from tensorboard.summary.writer.record_writer import RecordWriter
+
 
 class ScalarWriter:
   """Scalars and hyperparameters appended to LOGDIR/events.out.tfevents.<time>.<host>."""
 
   def __init__(self, logdir: str):
-    from tensorboard.compat.proto import event_pb2
-    from tensorboard.summary.writer.record_writer import RecordWriter
     os.makedirs(logdir, exist_ok=True)
     path = os.path.join(logdir, f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}')
     self._records = RecordWriter(open(path, 'ab'))
     self._records.write(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2').SerializeToString())
 
   def _add(self, step: int, summary) -> None:
-    from tensorboard.compat.proto import event_pb2
     self._records.write(event_pb2.Event(step=int(step), wall_time=time.time(), summary=summary).SerializeToString())
 
   def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
-    from tensorboard.compat.proto import summary_pb2
     self._add(step, summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v))
                                                for k, v in scalars.items()]))
 
   def write_hparams(self, hparams: dict[str, Any]) -> None:
-    from tensorboard.plugins.hparams import summary_v2
     self._add(0, summary_v2.hparams_pb(hparams))
 
   def flush(self) -> None:
