@@ -107,3 +107,28 @@ def test_a_killed_worker_comes_back_on_its_own_socket(exported, tmp_path):
     assert any(entry['pid'] == replacement and entry['code'] == 200 for entry in lines)
   finally:
     srv.stop()
+
+
+def _answer_pings(conn):
+  while True:
+    conn.recv()
+    conn.send(True)
+
+
+def test_health_check_returns_at_once_when_the_worker_dies_mid_ping():
+  """The supervisor's ping ends when the worker's process does, not after the whole timeout: the pipe's other
+  end stays open in the supervisor, so a killed worker never closes it (the hang that failed this module's
+  restart test on a busy machine: its connections waited 60 s for a replacement)."""
+  import multiprocessing
+  from maasjax.serve.server import worker_answers
+  ctx = multiprocessing.get_context('spawn')
+  parent, child = ctx.Pipe()
+  worker = ctx.Process(target=_answer_pings, args=(child,), daemon=True)
+  worker.start()
+  assert worker_answers(parent, worker.sentinel, 30)  # alive: it answers
+  os.kill(worker.pid, signal.SIGSTOP)  # a worker that will not answer, then dies while the ping waits
+  threading.Timer(0.5, os.kill, (worker.pid, signal.SIGKILL)).start()
+  t = time.time()
+  assert not worker_answers(parent, worker.sentinel, 30)
+  assert time.time() - t < 10
+  worker.join()

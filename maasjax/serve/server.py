@@ -38,6 +38,26 @@ RESTARTED_ENV = 'MAASJAX_WORKER_RESTARTED'  # '1' for a worker that replaces one
 PROMETHEUS_DIR_ENV = 'PROMETHEUS_MULTIPROC_DIR'
 
 
+def worker_answers(conn, sentinel, timeout: float) -> bool:
+  """A worker's health check: send a ping on `conn`; True once it answers, False at once if its process
+  ends meanwhile (`sentinel`, multiprocessing's exit handle), or after `timeout` without an answer.
+
+  uvicorn's ping polls the pipe alone, and the supervisor still holds the pipe's other end, so a worker
+  killed during a ping gives no EOF: the ping waited out the whole timeout (60 s here) before the worker
+  was replaced, while the connections queued on its socket timed out.
+  """
+  import pickle
+  from multiprocessing.connection import wait
+  try:
+    conn.send(b'ping')
+    if conn not in wait([conn, sentinel], timeout):
+      return False
+    conn.recv()
+    return True
+  except (OSError, EOFError, pickle.UnpicklingError):
+    return False
+
+
 def serving_process(backend: str) -> None:
   """Process-wide settings of a server process, before any model loads. The JAX artifact's CPU calls run on
   the calling thread: for a 0.1-0.3 ms call, async dispatch's hand-off to XLA's thread and back costs
@@ -227,7 +247,8 @@ def serve(base_path: str, settings: ServeSettings, host: str = '127.0.0.1', port
       for i, process in enumerate(self.processes):
         if self.should_exit.is_set():
           return
-        if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+        if process.process.is_alive() and worker_answers(process.parent_conn, process.process.sentinel,
+                                                          self.config.timeout_worker_healthcheck):
           continue
         process.kill()  # dead, or hung: either way replaced
         process.join()
