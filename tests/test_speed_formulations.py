@@ -16,6 +16,7 @@ import pytest
 
 from conftest import ROOT
 from maasjax.models.cnn import CNN, avg_pool_2x2, shifted_slice_conv
+from maasjax.models.ops import add_bias, training_dot_general
 from maasjax.models.transformer import DecoderLM, NEG_INF, attention_with_dropout
 from maasjax.train.prefetch import Prefetcher
 
@@ -39,6 +40,41 @@ def test_shifted_slice_conv_equals_convolution_values_and_gradients(channels, ke
 
   loss = lambda f: jax.jit(jax.value_and_grad(lambda *a: jnp.sum(jnp.sin(f(*a))), argnums=(0, 1, 2)))
   close(loss(shifted_slice_conv)(x, w, b), loss(plain)(x, w, b))
+
+
+@pytest.mark.parametrize('bias_shape', [(6,), (3, 2)])
+def test_add_bias_equals_broadcast_add_values_and_gradients(bias_shape):
+  y = jax.random.normal(jax.random.key(4), (5, 4, 7, *bias_shape))
+  b = jax.random.normal(jax.random.key(5), bias_shape)
+  loss = lambda f: jax.jit(jax.value_and_grad(lambda y, b: jnp.sum(jnp.sin(f(y, b)) * y), argnums=(0, 1)))
+  close(loss(add_bias)(y, b), loss(lambda y, b: y + jnp.reshape(b, (1, 1, 1, *bias_shape)))(y, b))
+  # Its bias gradient is the matrix-vector product, not XLA's (slow on CPU) reduction over the rows.
+  hlo = jax.jit(jax.grad(lambda b: jnp.sum(jnp.sin(add_bias(y, b))))).lower(b).as_text()
+  assert 'dot_general' in hlo and 'reduce' not in hlo.replace('reduce_precision', '')
+
+
+@pytest.mark.parametrize('lhs_shape,rhs_shape,dims', [
+    ((6, 5, 4), (4, 3), (((2,), (0,)), ((), ()))),  # nn.Dense over [B, L, D]
+    ((6, 5, 2, 3), (2, 3, 7), (((2, 3), (0, 1)), ((), ()))),  # DenseGeneral(axis=(-2, -1)), the attention's out
+    ((6, 4), (4, 2, 3), (((1,), (0,)), ((), ()))),  # DenseGeneral((heads, head_dim)), the q/k/v projections
+    ((3, 4, 5), (3, 5, 2), (((2,), (1,)), ((0,), (0,)))),  # a batched product: jax's own backward
+])
+def test_training_dot_general_equals_dot_general_values_and_gradients(lhs_shape, rhs_shape, dims):
+  lhs = jax.random.normal(jax.random.key(6), lhs_shape)
+  rhs = jax.random.normal(jax.random.key(7), rhs_shape)
+  loss = lambda dot: jax.jit(jax.value_and_grad(lambda a, b: jnp.sum(jnp.tanh(dot(a, b, dims)) * 1.5),
+                                                argnums=(0, 1)))
+  close(loss(training_dot_general)(lhs, rhs), loss(jax.lax.dot_general)(lhs, rhs))
+
+
+def test_transformer_trains_through_training_dot_general_and_infers_without_it():
+  model = DecoderLM(vocab_size=16, num_layers=1, num_heads=2, emb_dim=8, mlp_dim=16, max_len=8, dropout=0.0)
+  tokens = jnp.ones((2, 8), jnp.int32)
+  params = jax.jit(model.init)(jax.random.key(0), tokens)['params']
+  train_ops = str(jax.make_jaxpr(lambda p: model.apply({'params': p}, tokens, train=True))(params))
+  eval_ops = str(jax.make_jaxpr(lambda p: model.apply({'params': p}, tokens))(params))
+  # query, key, value, out, wi, wo and the logits: each product with its 2-D backward in training only.
+  assert train_ops.count('custom_vjp_call') == 7 and 'custom_vjp_call' not in eval_ops
 
 
 @pytest.mark.parametrize('size', [(8, 8), (7, 9)])
@@ -74,10 +110,12 @@ def test_cnn_same_parameters_and_gradients_as_the_plain_formulation():
     loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(m.apply({'params': p}, x, train=True), y).mean()
     return jax.jit(jax.value_and_grad(loss))(params)
   close(grads(model), grads(plain))
-  # The slice form really is what training runs (and inference keeps the convolution).
+  # The slice form, add_bias and training_dot_general (the slice matmul, both Dense layers) really are what
+  # training runs; inference keeps the convolutions and plain products.
   train_ops = str(jax.make_jaxpr(lambda p: model.apply({'params': p}, x, train=True))(params))
   eval_ops = str(jax.make_jaxpr(lambda p: model.apply({'params': p}, x))(params))
   assert train_ops.count('conv_general_dilated') == 1 and eval_ops.count('conv_general_dilated') == 2
+  assert train_ops.count('custom_vjp_call') == 4 and 'custom_vjp_call' not in eval_ops
 
 
 def test_cnn_train_step_compiles_without_ynnpack_fusions(config_factory):

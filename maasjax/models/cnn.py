@@ -2,8 +2,11 @@
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
+
+from maasjax.models.ops import add_bias, training_dot_general
 
 # XLA:CPU's YNNPACK fusions leave this small CNN's step half-serial (1.3 of 2 cores busy): without them the
 # train step ran 1.38x faster. Set per model class (maasjax.train.steps): the ResNet and the decoder LM
@@ -11,18 +14,25 @@ from flax.linen.dtypes import promote_dtype
 CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
-def shifted_slice_conv(x_BxHxWxC, kernel_KxKxCxF, bias_F=None):
+def shifted_slice_conv(x_BxHxWxC, kernel_KxKxCxF, bias_F=None, dot_general=None):
   """A stride-1 'SAME' convolution as kh*kw shifted slices concatenated on channels + one matmul.
 
   Equal to lax.conv_general_dilated for odd kernels; for a few input channels (MNIST's 1) XLA:CPU's
-  convolution and its kernel gradient are slow, while this backward is two plain matmuls.
+  convolution and its kernel gradient are slow, while this backward is two plain matmuls. A bias rides in
+  the same matmul (a ones column against the bias row), so its gradient comes out of the kernel's product
+  instead of a separate reduction over the batch (which XLA:CPU runs slowly; see ops.py). `dot_general`:
+  the matmul (ops.training_dot_general in training).
   """
   kh, kw, c, f = kernel_KxKxCxF.shape
   _, h, w, _ = x_BxHxWxC.shape
   padded = jnp.pad(x_BxHxWxC, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-  patches_BxHxWxP = jnp.concatenate([padded[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
-  y_BxHxWxF = patches_BxHxWxP @ jnp.reshape(kernel_KxKxCxF, (kh * kw * c, f))  # (i, j, c): HWIO's order
-  return y_BxHxWxF if bias_F is None else y_BxHxWxF + jnp.reshape(bias_F, (1, 1, 1, f))
+  columns = [padded[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)]  # (i, j, c): HWIO's order
+  weights_PxF = jnp.reshape(kernel_KxKxCxF, (kh * kw * c, f))
+  if bias_F is not None:
+    columns.append(jnp.ones_like(columns[0][..., :1]))
+    weights_PxF = jnp.concatenate([weights_PxF, jnp.reshape(bias_F, (1, f))], axis=0)
+  dot_general = dot_general or jax.lax.dot_general
+  return dot_general(jnp.concatenate(columns, axis=-1), weights_PxF, (((3,), (0,)), ((), ())))
 
 
 def avg_pool_2x2(x_BxHxWxC):
@@ -33,9 +43,12 @@ def avg_pool_2x2(x_BxHxWxC):
   return jnp.mean(jnp.reshape(x_BxHxWxC, (b, h // 2, 2, w // 2, 2, c)), axis=(2, 4))
 
 
-class SliceConv(nn.Conv):
-  """nn.Conv's parameters (same names, shapes and init) for a stride-1 'SAME' conv, computed by
-  `shifted_slice_conv`: checkpoints and sharding rules see an ordinary Conv."""
+class TrainConv(nn.Conv):
+  """nn.Conv's parameters (same names, shapes and init) for a stride-1 'SAME' conv in training, computed
+  the way XLA:CPU differentiates fast: a 1-channel input as `shifted_slice_conv` (bias inside its matmul,
+  `ops.training_dot_general`), others with the bias added by `ops.add_bias` (its gradient a matrix-vector
+  product). In the MNIST CNN's step, interleaved A/B: the bias forms +2-5%, the training matmul +20%. Checkpoints and sharding rules see an ordinary
+  Conv; inference (and so every export) uses nn.Conv itself."""
 
   @nn.compact
   def __call__(self, x_BxHxWxC):
@@ -43,7 +56,11 @@ class SliceConv(nn.Conv):
     kernel = self.param('kernel', self.kernel_init, (kh, kw, x_BxHxWxC.shape[-1], self.features), self.param_dtype)
     bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
     x_BxHxWxC, kernel, bias = promote_dtype(x_BxHxWxC, kernel, bias, dtype=self.dtype)
-    return shifted_slice_conv(x_BxHxWxC, kernel, bias)
+    if x_BxHxWxC.shape[-1] == 1:
+      return shifted_slice_conv(x_BxHxWxC, kernel, bias, dot_general=training_dot_general)
+    y_BxHxWxF = jax.lax.conv_general_dilated(x_BxHxWxC, kernel, (1, 1), 'SAME',
+                                             dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return y_BxHxWxF if bias is None else add_bias(y_BxHxWxF, bias)
 
 
 class CNN(nn.Module):
@@ -58,13 +75,14 @@ class CNN(nn.Module):
   def __call__(self, x_BxHxWxC, train: bool = False):
     h = x_BxHxWxC.astype(self.dtype)
     for i, width in enumerate(self.features):
-      # In training, a 1-channel input convolves as slices + matmul (same parameters and values, a faster
-      # gradient); inference (and so every export) keeps the plain convolution.
-      conv = SliceConv if train and h.shape[-1] == 1 else nn.Conv
+      # In training, TrainConv (same parameters and values, a faster gradient); inference (and so every
+      # export) keeps nn.Conv.
+      conv = TrainConv if train else nn.Conv
       h = nn.relu(conv(width, kernel_size=(3, 3), dtype=self.dtype, name=f'Conv_{i}')(h))
       h = avg_pool_2x2(h)
     h_BxF = jnp.reshape(h, (h.shape[0], -1))
-    h_BxD = nn.relu(nn.Dense(self.dense, dtype=self.dtype)(h_BxF))
+    dot = training_dot_general if train else None  # None: flax's lax.dot_general
+    h_BxD = nn.relu(nn.Dense(self.dense, dtype=self.dtype, dot_general=dot)(h_BxF))
     h_BxD = nn.Dropout(self.dropout, deterministic=not train)(h_BxD)
-    logits_BxC = nn.Dense(self.num_classes, dtype=self.dtype)(h_BxD)
+    logits_BxC = nn.Dense(self.num_classes, dtype=self.dtype, dot_general=dot)(h_BxD)
     return logits_BxC.astype(jnp.float32)

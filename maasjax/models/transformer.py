@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from maasjax.models.cnn import CPU_COMPILER_OPTIONS
+from maasjax.models.ops import training_dot_general
 from maasjax.spec import PAD_ID
 
 POSITIONS = ('rotary', 'learned')
@@ -65,7 +66,8 @@ class Attention(nn.Module):
   def __call__(self, x_BxLxD, positions_BxL, valid_BxL, kv_BxSxD=None, kv_valid_BxS=None):
     cfg = self.cfg
     head_dim = cfg.emb_dim // cfg.num_heads
-    dense = lambda name: nn.DenseGeneral((cfg.num_heads, head_dim), dtype=cfg.dtype, name=name)
+    dot = training_dot_general if not self.deterministic else None
+    dense = lambda name: nn.DenseGeneral((cfg.num_heads, head_dim), dtype=cfg.dtype, dot_general=dot, name=name)
     cross = kv_BxSxD is not None
     source = kv_BxSxD if cross else x_BxLxD
     q_BxLxHxK = dense('query')(x_BxLxD)
@@ -107,7 +109,7 @@ class Attention(nn.Module):
     else:  # bf16, or dropout on the attention weights: spelled out
       out_BxLxHxK = attention_with_dropout(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxLxS, nn.Dropout(
           cfg.attention_dropout, deterministic=self.deterministic or not cfg.attention_dropout))
-    return nn.DenseGeneral(cfg.emb_dim, axis=(-2, -1), dtype=cfg.dtype, name='out')(out_BxLxHxK)
+    return nn.DenseGeneral(cfg.emb_dim, axis=(-2, -1), dtype=cfg.dtype, dot_general=dot, name='out')(out_BxLxHxK)
 
 
 class MLP(nn.Module):
@@ -116,9 +118,10 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxD):
-    h_BxLxF = nn.gelu(nn.Dense(self.cfg.mlp_dim, dtype=self.cfg.dtype, name='wi')(x_BxLxD))
+    dot = training_dot_general if not self.deterministic else None  # None: flax's lax.dot_general
+    h_BxLxF = nn.gelu(nn.Dense(self.cfg.mlp_dim, dtype=self.cfg.dtype, dot_general=dot, name='wi')(x_BxLxD))
     h_BxLxF = nn.Dropout(self.cfg.dropout, deterministic=self.deterministic)(h_BxLxF)
-    return nn.Dense(self.cfg.emb_dim, dtype=self.cfg.dtype, name='wo')(h_BxLxF)
+    return nn.Dense(self.cfg.emb_dim, dtype=self.cfg.dtype, dot_general=dot, name='wo')(h_BxLxF)
 
 
 class Block(nn.Module):
@@ -164,7 +167,8 @@ class Stack(nn.Module):
     if self.vocab_size:
       h_BxLxD = nn.Embed(self.vocab_size, cfg.emb_dim, name='embed')(x).astype(cfg.dtype)
     else:
-      h_BxLxD = nn.Dense(cfg.emb_dim, dtype=cfg.dtype, name='input_projection')(x.astype(cfg.dtype))
+      h_BxLxD = nn.Dense(cfg.emb_dim, dtype=cfg.dtype, dot_general=training_dot_general if train else None,
+                         name='input_projection')(x.astype(cfg.dtype))
     if cfg.positions == 'learned':
       table_PxD = self.param('pos_embed', nn.initializers.normal(0.02), (cfg.max_len, cfg.emb_dim))
       h_BxLxD = h_BxLxD + table_PxD[jnp.clip(positions_BxL, 0, cfg.max_len - 1)].astype(cfg.dtype)
@@ -220,7 +224,8 @@ class EncoderClassifier(TransformerBase):
     h_BxLxD = self.stack(vocab, name='encoder')(x, default_positions(valid_BxL), valid_BxL, train=train)
     w_BxL = valid_BxL.astype(h_BxLxD.dtype)
     pooled_BxD = jnp.sum(h_BxLxD * w_BxL[:, :, None], axis=1) / jnp.maximum(jnp.sum(w_BxL, axis=1), 1.0)[:, None]
-    return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(pooled_BxD).astype(jnp.float32)
+    return nn.Dense(self.num_classes, dtype=self.dtype, dot_general=training_dot_general if train else None,
+                    name='head')(pooled_BxD).astype(jnp.float32)
 
 
 class DecoderLM(TransformerBase):
@@ -236,7 +241,8 @@ class DecoderLM(TransformerBase):
       positions_BxL = default_positions(valid_BxL)
     h_BxLxD = self.stack(self.vocab_size, causal=True, name='decoder')(
         tokens_BxL, positions_BxL, valid_BxL, train=train, decode=decode)
-    return nn.Dense(self.vocab_size, dtype=self.dtype, name='logits')(h_BxLxD).astype(jnp.float32)
+    return nn.Dense(self.vocab_size, dtype=self.dtype, dot_general=training_dot_general if train else None,
+                    name='logits')(h_BxLxD).astype(jnp.float32)
 
 
 class EncoderDecoder(TransformerBase):
