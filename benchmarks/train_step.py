@@ -13,9 +13,10 @@ the very same weights (copied from the flax init), `torch.optim.AdamW(fused=True
 hyperparameters; torch.compile compiles the model with its loss. The first losses of both are printed:
 they agree, so the two run the same computation.
 
-Timing: after warm-up (compilation), rounds of a few steps each (~--round_s seconds), the frameworks
-alternating and the order rotating every round; the medians are reported. Both frameworks run in
-this one process, so they share the allocator, which the script sets by re-executing itself
+Timing: each framework runs in its own worker process (so one's threads never compete with the other's),
+built and warmed up (compiled) one at a time; then rounds of a few steps each (~--round_s seconds), the
+workers taking turns with a 0.3 s pause between turns and the order rotating every round; the medians
+are reported. All workers get the same allocator, which the script sets by re-executing itself
 (--allocator; default hugetlb = GLIBC_TUNABLES=glibc.malloc.hugetlb=1, what `maasjax` itself runs with).
 GFLOP/s: XLA's cost analysis of maasjax's compiled step (the same model FLOPs apply to torch), also
 as a fraction of a 2048x2048 fp32 matmul measured in the same run.
@@ -223,40 +224,86 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
   return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
-def bench(workload: str, rounds: int, round_s: float, frameworks: list[str], log) -> dict:
-  t0 = time.perf_counter()
+def serve_worker(workload: str, framework: str) -> None:
+  """One framework's side of a workload, alone in this process: build it, report the first loss (and for
+  maasjax the step's FLOPs), then run the steps the parent asks for and report the seconds they took."""
+  import warnings
+  warnings.filterwarnings('ignore')
+  import absl.logging
+  absl.logging.set_verbosity(absl.logging.ERROR)
   unit, items, jax_runners, torch_model, torch_batches = build(workload)
-  jax_runner = jax_runners['maasjax']
-  # Same weights, same first batch: the first losses must agree (the two compute the same thing).
-  runners = {k: v for k, v in jax_runners.items() if k in frameworks}
-  first = {k: r.run(1)[0] for k, r in runners.items()}
-  for fw in frameworks:
-    if fw.startswith('torch'):
-      runners[fw] = TorchRunner(torch_model(), torch_batches, compiled=(fw == 'torch_compile'))
-      first[fw] = runners[fw].run(1)[0]
-  log(f'{workload}: first-step loss ' + ', '.join(f'{k} {v:.5f}' for k, v in first.items()) +
+  if framework.startswith('torch'):
+    runner = TorchRunner(torch_model(), torch_batches, compiled=(framework == 'torch_compile'))
+  else:
+    runner = jax_runners[framework]
+  first = runner.run(1)[0]
+  runner.run(2)  # warm-up past lazy allocation and recompiles, then time two steps to size the rounds
+  t0 = time.perf_counter()
+  runner.run(2)
+  info = dict(unit=unit, items=items, first_loss=first, per_step=(time.perf_counter() - t0) / 2)
+  if framework == 'maasjax':
+    info['flops'] = runner.flops_per_step()
+  print(json.dumps(info), flush=True)
+  for line in sys.stdin:
+    t0 = time.perf_counter()
+    runner.run(int(line))
+    print(json.dumps({'seconds': time.perf_counter() - t0}), flush=True)
+
+
+class Worker:
+  """A worker process (`serve_worker`) the parent drives over its stdin/stdout."""
+
+  def __init__(self, workload: str, framework: str, allocator: str):
+    import subprocess
+    self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--worker', f'{workload}:{framework}',
+                                  '--allocator', allocator],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+  def reply(self) -> dict:
+    line = self.proc.stdout.readline()
+    if not line:
+      raise SystemExit(f'a benchmark worker exited (status {self.proc.wait()}); its error is above')
+    return json.loads(line)
+
+  def run(self, steps: int) -> float:
+    self.proc.stdin.write(f'{steps}\n')
+    self.proc.stdin.flush()
+    return self.reply()['seconds']
+
+  def close(self) -> None:
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def bench(workload: str, rounds: int, round_s: float, frameworks: list[str], allocator: str, log) -> dict:
+  """Each framework in its own process, the processes taking turns: one framework's threads never compete
+  with the other's (in one process, torch's OpenMP threads and XLA's thread pool slowed each other by up to
+  1.9x), while alternating keeps the comparison fair under this VM's drifting speed."""
+  t0 = time.perf_counter()
+  names = [fw for fw in frameworks if workload == 'mnist_cnn' or fw != 'maasjax_plain']
+  workers, info = {}, {}
+  for name in names:  # built one at a time: compilation does not overlap another's timing
+    workers[name] = Worker(workload, name, allocator)
+    info[name] = workers[name].reply()
+  unit, items = info[names[0]]['unit'], info[names[0]]['items']
+  log(f'{workload}: first-step loss ' + ', '.join(f'{k} {v["first_loss"]:.5f}' for k, v in info.items()) +
       f' (setup + compile {time.perf_counter() - t0:.0f} s)')
-  per_step = {}
-  for name, r in runners.items():  # warm-up past lazy allocation and recompiles, then size the rounds
-    r.run(2)
-    t1 = time.perf_counter()
-    r.run(2)
-    per_step[name] = (time.perf_counter() - t1) / 2
-  steps = {name: max(2, round(round_s / s)) for name, s in per_step.items()}
-  rates: dict[str, list[float]] = {name: [] for name in runners}
-  names = list(runners)
+  steps = {name: max(2, round(round_s / v['per_step'])) for name, v in info.items()}
+  rates: dict[str, list[float]] = {name: [] for name in names}
   for i in range(rounds):
     for name in names[i % len(names):] + names[:i % len(names)]:  # rotate the order every round
-      t1 = time.perf_counter()
-      runners[name].run(steps[name])
-      rates[name].append(steps[name] * items / (time.perf_counter() - t1))
-  flops = jax_runner.flops_per_step()
+      time.sleep(0.3)  # the previous framework's threads stop spinning
+      rates[name].append(steps[name] * items / workers[name].run(steps[name]))
+  for w in workers.values():
+    w.close()
   result = {'workload': workload, 'unit': unit}
   for name in ('maasjax', 'torch', 'torch_compile', 'maasjax_plain'):
     if name in rates or name != 'maasjax_plain':
       result[name] = statistics.median(rates[name]) if name in rates else None
-  result.update(first_loss=first, rounds=rounds, spread={k: [min(v), max(v)] for k, v in rates.items()},
-                gflop_per_step=flops / 1e9, maasjax_gflops=flops / 1e9 * result['maasjax'] / items)
+  flops = info['maasjax']['flops'] if 'maasjax' in info else 0.0
+  result.update(first_loss={k: v['first_loss'] for k, v in info.items()}, rounds=rounds,
+                spread={k: [min(v), max(v)] for k, v in rates.items()}, gflop_per_step=flops / 1e9,
+                maasjax_gflops=flops / 1e9 * result['maasjax'] / items if result['maasjax'] else 0.0)
   return result
 
 
@@ -270,10 +317,14 @@ def main(argv=None) -> int:
                  help='maasjax_plain: the CNN as written before (plain convs and pooling, default XLA fusions)')
   p.add_argument('--allocator', default='hugetlb', choices=list(ALLOCATORS))
   p.add_argument('--json', action='store_true', help='print one JSON object per workload per line (only those)')
+  p.add_argument('--worker', help=argparse.SUPPRESS)  # WORKLOAD:FRAMEWORK, run by bench() in a child process
   args = p.parse_args(argv)
   reexec_with_allocator(args.allocator)
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   sys.path.insert(0, ROOT)
+  if args.worker:
+    serve_worker(*args.worker.split(':'))
+    return 0
   rounds = args.rounds or (3 if args.quick else 7)
   round_s = args.round_s or (1.0 if args.quick else 2.0)
   log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
@@ -291,7 +342,7 @@ def main(argv=None) -> int:
   frameworks = args.frameworks.split(',')
   results = []
   for workload in args.workloads.split(','):
-    r = bench(workload, rounds, round_s, frameworks, log)
+    r = bench(workload, rounds, round_s, frameworks, args.allocator, log)
     results.append(r)
     if args.json:
       print(json.dumps(r), flush=True)
