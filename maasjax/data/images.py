@@ -37,7 +37,8 @@ def make_augment(aug: ml_collections.ConfigDict | None):
     n = global_batch or b
     out = x_BxHxWxC
     if shift:
-      padded = np.pad(x_BxHxWxC, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
+      padded = np.zeros((b, h + 2 * shift, w + 2 * shift) + x_BxHxWxC.shape[3:], x_BxHxWxC.dtype)
+      padded[:, shift:shift + h, shift:shift + w] = x_BxHxWxC  # np.pad's zeros, without its ~20 us per call
       dy = rng.integers(0, 2 * shift + 1, size=n)[part]
       dx = rng.integers(0, 2 * shift + 1, size=n)[part]
       rows = dy[:, None] + np.arange(h)[None, :]
