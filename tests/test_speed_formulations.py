@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT
 from maasjax.models.cnn import CNN, avg_pool_2x2, shifted_slice_conv
 from maasjax.models.ops import add_bias, training_dot_general
-from maasjax.models.transformer import DecoderLM, NEG_INF, attention_with_dropout
+from maasjax.models.transformer import DecoderLM, NEG_INF, attention_with_dropout, rotate
 from maasjax.train.prefetch import Prefetcher
 
 TOL = dict(rtol=2e-5, atol=2e-5)
@@ -75,6 +75,15 @@ def test_transformer_trains_through_training_dot_general_and_infers_without_it()
   eval_ops = str(jax.make_jaxpr(lambda p: model.apply({'params': p}, tokens))(params))
   # query, key, value, out, wi, wo and the logits: each product with its 2-D backward in training only.
   assert train_ops.count('custom_vjp_call') == 7 and 'custom_vjp_call' not in eval_ops
+  # The rotary angles are materialised (behind a barrier) in training only.
+  assert train_ops.count('optimization_barrier') == 2 and 'optimization_barrier' not in eval_ops
+
+
+def test_rotary_with_materialized_angles_equals_the_fused_form():
+  x = jax.random.normal(jax.random.key(8), (2, 6, 3, 8))
+  positions = jnp.broadcast_to(jnp.arange(6)[None], (2, 6))
+  loss = lambda m: jax.jit(jax.value_and_grad(lambda x: jnp.sum(jnp.sin(rotate(x, positions, materialize_angles=m)))))
+  close(loss(True)(x), loss(False)(x))
 
 
 @pytest.mark.parametrize('size', [(8, 8), (7, 9)])

@@ -30,13 +30,20 @@ class BlockConfig:
   window: int = 0
 
 
-def rotate(x_BxLxHxD, positions_BxL, base: float = 10000.0):
-  """Rotary position embedding (Su et al. 2021): pairs of channels rotated by position-dependent angles."""
+def rotate(x_BxLxHxD, positions_BxL, base: float = 10000.0, materialize_angles: bool = False):
+  """Rotary position embedding (Su et al. 2021): pairs of channels rotated by position-dependent angles.
+
+  `materialize_angles` (training): the sines and cosines are computed once, as small [B, L, K] arrays,
+  behind an optimization barrier. Otherwise XLA:CPU fuses them into the rotation and its backward,
+  evaluating sin and cos for every head and element (the LM's step +7.6%, interleaved A/B)."""
   half = x_BxLxHxD.shape[-1] // 2
   freqs_K = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angles_BxLxK = positions_BxL.astype(jnp.float32)[:, :, None] * freqs_K[None, None, :]
-  sin_BxLx1xK = jnp.sin(angles_BxLxK)[:, :, None, :]
-  cos_BxLx1xK = jnp.cos(angles_BxLxK)[:, :, None, :]
+  sin_BxLxK, cos_BxLxK = jnp.sin(angles_BxLxK), jnp.cos(angles_BxLxK)
+  if materialize_angles:
+    sin_BxLxK, cos_BxLxK = jax.lax.optimization_barrier((sin_BxLxK, cos_BxLxK))
+  sin_BxLx1xK = sin_BxLxK[:, :, None, :]
+  cos_BxLx1xK = cos_BxLxK[:, :, None, :]
   x1, x2 = x_BxLxHxD[..., :half].astype(jnp.float32), x_BxLxHxD[..., half:2 * half].astype(jnp.float32)
   out = jnp.concatenate([x1 * cos_BxLx1xK - x2 * sin_BxLx1xK, x2 * cos_BxLx1xK + x1 * sin_BxLx1xK,
                          x_BxLxHxD[..., 2 * half:].astype(jnp.float32)], axis=-1)
@@ -74,8 +81,8 @@ class Attention(nn.Module):
     k_BxSxHxK = dense('key')(source)
     v_BxSxHxK = dense('value')(source)
     if cfg.positions == 'rotary' and not cross:
-      q_BxLxHxK = rotate(q_BxLxHxK, positions_BxL)
-      k_BxSxHxK = rotate(k_BxSxHxK, positions_BxL)
+      q_BxLxHxK = rotate(q_BxLxHxK, positions_BxL, materialize_angles=not self.deterministic)
+      k_BxSxHxK = rotate(k_BxSxHxK, positions_BxL, materialize_angles=not self.deterministic)
     length = x_BxLxD.shape[1]
     slot_q_L = jnp.arange(length)
     if cross:
