@@ -16,7 +16,8 @@ they agree, so the two run the same computation.
 Timing: each framework runs in its own worker process (so one's threads never compete with the other's),
 built and warmed up (compiled) one at a time; then rounds of a few steps each (~--round_s seconds), the
 workers taking turns with a 0.3 s pause between turns and the order rotating every round; the medians
-are reported. All workers get the same allocator, which the script sets by re-executing itself
+are reported; each turn starts with one untimed step (refilling what the other worker's turn evicted).
+All workers get the same allocator, which the script sets by re-executing itself
 (--allocator; default hugetlb = GLIBC_TUNABLES=glibc.malloc.hugetlb=1, what `maasjax` itself runs with).
 GFLOP/s: XLA's cost analysis of maasjax's compiled step (the same model FLOPs apply to torch), also
 as a fraction of a 2048x2048 fp32 matmul measured in the same run.
@@ -245,6 +246,7 @@ def serve_worker(workload: str, framework: str) -> None:
     info['flops'] = runner.flops_per_step()
   print(json.dumps(info), flush=True)
   for line in sys.stdin:
+    runner.run(1)  # untimed: the caches and pages the other framework's turn displaced
     t0 = time.perf_counter()
     runner.run(int(line))
     print(json.dumps({'seconds': time.perf_counter() - t0}), flush=True)
@@ -357,6 +359,8 @@ def main(argv=None) -> int:
     log(f'{r["workload"]:<15} {r["unit"]:<11} {fmt(r["maasjax"])} {fmt(r["torch"])} {fmt(r["torch_compile"])} '
         f'{ratio(r["maasjax"], r["torch"])} {ratio(r["maasjax"], r["torch_compile"])} '
         f'{r["maasjax_gflops"]:>8.1f} {100 * r["maasjax_gflops"] / gemm:>6.0f}%')
+  for r in results:
+    log(f'{r["workload"]}: per-round range ' + ', '.join(f'{k} {lo:.0f}-{hi:.0f}' for k, (lo, hi) in r['spread'].items()))
   for r in results:
     if r.get('maasjax_plain'):
       log(f'{r["workload"]}: maasjax {r["maasjax"]:.0f} vs the plain formulation {r["maasjax_plain"]:.0f} '
