@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ROOT
 from maasjax.models.cnn import CNN, avg_pool_2x2, shifted_slice_conv
-from maasjax.models.ops import add_bias, training_dot_general
+from maasjax.models.ops import TrainDense, add_bias, training_dot_general
 from maasjax.models.transformer import DecoderLM, NEG_INF, attention_with_dropout, rotate
 from maasjax.train.prefetch import Prefetcher
 
@@ -67,13 +67,27 @@ def test_training_dot_general_equals_dot_general_values_and_gradients(lhs_shape,
   close(loss(training_dot_general)(lhs, rhs), loss(jax.lax.dot_general)(lhs, rhs))
 
 
+@pytest.mark.parametrize('shape', [(6, 4), (3, 5, 4)])
+def test_train_dense_has_dense_parameters_values_and_gradients(shape):
+  x = jax.random.normal(jax.random.key(9), shape)
+  plain, fast = nn.Dense(7), TrainDense(7)
+  params = jax.jit(plain.init)(jax.random.key(0), x)
+  close(jax.jit(fast.init)(jax.random.key(0), x), params, rtol=0, atol=0)  # same names, shapes and init
+  loss = lambda m: jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), argnums=(0, 1)))
+  close(loss(fast)(params, x), loss(plain)(params, x))
+  # Its bias gradient comes out of the kernel's product: no separate reduction over the rows.
+  hlo = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(fast.apply(p, x))))).lower(params).as_text()
+  assert 'reduce' not in hlo.replace('reduce_precision', '')
+
+
 def test_transformer_trains_through_training_dot_general_and_infers_without_it():
   model = DecoderLM(vocab_size=16, num_layers=1, num_heads=2, emb_dim=8, mlp_dim=16, max_len=8, dropout=0.0)
   tokens = jnp.ones((2, 8), jnp.int32)
   params = jax.jit(model.init)(jax.random.key(0), tokens)['params']
   train_ops = str(jax.make_jaxpr(lambda p: model.apply({'params': p}, tokens, train=True))(params))
   eval_ops = str(jax.make_jaxpr(lambda p: model.apply({'params': p}, tokens))(params))
-  # query, key, value, out, wi, wo and the logits: each product with its 2-D backward in training only.
+  # query, key, value, out (training_dot_general), wi, wo and the logits (TrainDense): each product with
+  # its 2-D backward in training only.
   assert train_ops.count('custom_vjp_call') == 7 and 'custom_vjp_call' not in eval_ops
   # The rotary angles are materialised (behind a barrier) in training only.
   assert train_ops.count('optimization_barrier') == 2 and 'optimization_barrier' not in eval_ops

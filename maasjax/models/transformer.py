@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from maasjax.models.cnn import CPU_COMPILER_OPTIONS
-from maasjax.models.ops import training_dot_general
+from maasjax.models.ops import TrainDense, training_dot_general
 from maasjax.spec import PAD_ID
 
 POSITIONS = ('rotary', 'learned')
@@ -125,10 +125,10 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxD):
-    dot = training_dot_general if not self.deterministic else None  # None: flax's lax.dot_general
-    h_BxLxF = nn.gelu(nn.Dense(self.cfg.mlp_dim, dtype=self.cfg.dtype, dot_general=dot, name='wi')(x_BxLxD))
+    dense = nn.Dense if self.deterministic else TrainDense  # the same parameters; a faster backward in training
+    h_BxLxF = nn.gelu(dense(self.cfg.mlp_dim, dtype=self.cfg.dtype, name='wi')(x_BxLxD))
     h_BxLxF = nn.Dropout(self.cfg.dropout, deterministic=self.deterministic)(h_BxLxF)
-    return nn.Dense(self.cfg.emb_dim, dtype=self.cfg.dtype, dot_general=dot, name='wo')(h_BxLxF)
+    return dense(self.cfg.emb_dim, dtype=self.cfg.dtype, name='wo')(h_BxLxF)
 
 
 class Block(nn.Module):
@@ -174,8 +174,8 @@ class Stack(nn.Module):
     if self.vocab_size:
       h_BxLxD = nn.Embed(self.vocab_size, cfg.emb_dim, name='embed')(x).astype(cfg.dtype)
     else:
-      h_BxLxD = nn.Dense(cfg.emb_dim, dtype=cfg.dtype, dot_general=training_dot_general if train else None,
-                         name='input_projection')(x.astype(cfg.dtype))
+      h_BxLxD = (TrainDense if train else nn.Dense)(cfg.emb_dim, dtype=cfg.dtype, name='input_projection')(
+          x.astype(cfg.dtype))
     if cfg.positions == 'learned':
       table_PxD = self.param('pos_embed', nn.initializers.normal(0.02), (cfg.max_len, cfg.emb_dim))
       h_BxLxD = h_BxLxD + table_PxD[jnp.clip(positions_BxL, 0, cfg.max_len - 1)].astype(cfg.dtype)
@@ -231,8 +231,8 @@ class EncoderClassifier(TransformerBase):
     h_BxLxD = self.stack(vocab, name='encoder')(x, default_positions(valid_BxL), valid_BxL, train=train)
     w_BxL = valid_BxL.astype(h_BxLxD.dtype)
     pooled_BxD = jnp.sum(h_BxLxD * w_BxL[:, :, None], axis=1) / jnp.maximum(jnp.sum(w_BxL, axis=1), 1.0)[:, None]
-    return nn.Dense(self.num_classes, dtype=self.dtype, dot_general=training_dot_general if train else None,
-                    name='head')(pooled_BxD).astype(jnp.float32)
+    return (TrainDense if train else nn.Dense)(self.num_classes, dtype=self.dtype, name='head')(
+        pooled_BxD).astype(jnp.float32)
 
 
 class DecoderLM(TransformerBase):
@@ -248,8 +248,8 @@ class DecoderLM(TransformerBase):
       positions_BxL = default_positions(valid_BxL)
     h_BxLxD = self.stack(self.vocab_size, causal=True, name='decoder')(
         tokens_BxL, positions_BxL, valid_BxL, train=train, decode=decode)
-    return nn.Dense(self.vocab_size, dtype=self.dtype, dot_general=training_dot_general if train else None,
-                    name='logits')(h_BxLxD).astype(jnp.float32)
+    return (TrainDense if train else nn.Dense)(self.vocab_size, dtype=self.dtype, name='logits')(
+        h_BxLxD).astype(jnp.float32)
 
 
 class EncoderDecoder(TransformerBase):
