@@ -136,7 +136,10 @@ class TrainDense(nn.Dense):
 
   @nn.compact
   def __call__(self, inputs):
-    if not self.use_bias or jax.lax.dot_general is not _LAX_DOT_GENERAL:  # no bias, or qwix intercepting
+    custom = self.precision is not None or self.dot_general is not None or self.dot_general_cls is not None
+    if custom or not self.use_bias or jax.lax.dot_general is not _LAX_DOT_GENERAL:
+      # Settings dense_with_bias does not carry (a precision, a custom product), no bias, or qwix
+      # intercepting the product (quantization-aware training): flax's own Dense.
       return nn.Dense.__call__(self, inputs)
     kernel = self.param('kernel', self.kernel_init, (jnp.shape(inputs)[-1], self.features), self.param_dtype)
     bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
