@@ -10,7 +10,7 @@ train_steps_per_second, and the log windows of metrics.jsonl after the first (wh
 compilation), summed (total steps / total time): the same figure without the final checkpoint save.
 The loop runs with config.prefetch_batches=2 (batches built on a thread) and 0 (inline: the default on CPU).
 MNIST runs under tfds.testing.mock_data (MNIST's shape and dtype). bare and loop alternate, medians.
-Run it as the CLI runs (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`): it re-executes itself with that set.
+Run it as the CLI runs (the GLIBC_TUNABLES of maasjax/cli.py): it re-executes itself with that set.
 """
 from __future__ import annotations
 
@@ -81,8 +81,10 @@ def main(argv=None) -> int:
   p.add_argument('--configs', default='digits_cnn,mnist_cnn')
   p.add_argument('--json', help='also write the results to this file')
   args = p.parse_args(argv)
-  if 'GLIBC_TUNABLES' not in os.environ:  # the allocator `maasjax train` runs with (maasjax/cli.py)
-    os.environ['GLIBC_TUNABLES'] = 'glibc.malloc.hugetlb=1'
+  if 'GLIBC_TUNABLES' not in os.environ:  # the allocator `maasjax train` runs with
+    sys.path.insert(0, ROOT)
+    from maasjax.cli import FAST_ALLOCATOR_ENV
+    os.environ.update(FAST_ALLOCATOR_ENV)
     os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   sys.path.insert(0, ROOT)

@@ -28,8 +28,10 @@ def timed(fn, reps: int) -> float:
 
 
 def main() -> None:
-  if os.environ.get('GLIBC_TUNABLES') != 'glibc.malloc.hugetlb=1':  # what maasjax train and train_step.py use
-    os.environ['GLIBC_TUNABLES'] = 'glibc.malloc.hugetlb=1'
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from maasjax.cli import FAST_ALLOCATOR_ENV  # what maasjax train and train_step.py use
+  if os.environ.get('GLIBC_TUNABLES') != FAST_ALLOCATOR_ENV['GLIBC_TUNABLES']:
+    os.environ.update(FAST_ALLOCATOR_ENV)
     os.execv(sys.executable, [sys.executable] + sys.argv)
   import jax
   import jax.numpy as jnp

@@ -1,7 +1,7 @@
 r"""maasjax's train step against PyTorch (eager and torch.compile) on the same models, batches and AdamW.
 
   .venv/bin/python benchmarks/train_step.py [--quick] [--json] [--workloads mnist_cnn,resnet,transformer_lm]
-      [--allocator hugetlb|glibc|jemalloc]
+      [--allocator maasjax|hugetlb|glibc|jemalloc]
 
 maasjax side: `maasjax.train.loop.setup(config)` -> `exp.steps.train_step`, the jit'd, donated step
 `maasjax train` runs (metrics and grad norm included), built from the experiment files:
@@ -18,7 +18,8 @@ built and warmed up (compiled) one at a time; then rounds of a few steps each (~
 workers taking turns with a 0.3 s pause between turns and the order rotating every round; the medians
 are reported; each turn starts with one untimed step (refilling what the other worker's turn evicted).
 All workers get the same allocator, which the script sets by re-executing itself
-(--allocator; default hugetlb = GLIBC_TUNABLES=glibc.malloc.hugetlb=1, what `maasjax` itself runs with).
+(--allocator; default maasjax = the GLIBC_TUNABLES `maasjax train` re-executes itself with, maasjax/cli.py:
+huge pages, big blocks from the heap, the heap never trimmed; hugetlb = huge pages alone).
 GFLOP/s: XLA's cost analysis of maasjax's compiled step (the same model FLOPs apply to torch), also
 as a fraction of a 2048x2048 fp32 matmul measured in the same run.
 """
@@ -33,10 +34,13 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from maasjax.cli import FAST_ALLOCATOR_ENV  # noqa: E402  (light: the CLI imports its commands lazily)
 JEMALLOC = '/usr/lib/x86_64-linux-gnu/libjemalloc.so.2'
 ALLOCATORS = {
     'glibc': {},
     'hugetlb': {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'},
+    'maasjax': FAST_ALLOCATOR_ENV,
     'jemalloc': {'LD_PRELOAD': JEMALLOC, 'MALLOC_CONF': 'dirty_decay_ms:-1,muzzy_decay_ms:-1'},
 }
 ADAMW = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
@@ -317,7 +321,7 @@ def main(argv=None) -> int:
   p.add_argument('--workloads', default='mnist_cnn,resnet,transformer_lm')
   p.add_argument('--frameworks', default='maasjax,torch,torch_compile,maasjax_plain',
                  help='maasjax_plain: the CNN as written before (plain convs and pooling, default XLA fusions)')
-  p.add_argument('--allocator', default='hugetlb', choices=list(ALLOCATORS))
+  p.add_argument('--allocator', default='maasjax', choices=list(ALLOCATORS))
   p.add_argument('--json', action='store_true', help='print one JSON object per workload per line (only those)')
   p.add_argument('--worker', help=argparse.SUPPRESS)  # WORKLOAD:FRAMEWORK, run by bench() in a child process
   args = p.parse_args(argv)

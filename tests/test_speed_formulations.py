@@ -1,6 +1,7 @@
 """The faster formulations compute what the plain ones do: equal values and gradients (float tolerance),
 the same parameter trees; the CNN's XLA options reach its train step; batches prefetched in step order;
 `maasjax train` re-executes itself with the fast allocator."""
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import optax
 import pytest
 
 from conftest import ROOT
+from maasjax.cli import FAST_ALLOCATOR_ENV
 from maasjax.models.cnn import CNN, avg_pool_2x2, shifted_slice_conv
 from maasjax.models.ops import TrainDense, add_bias, training_dot_general
 from maasjax.models.transformer import DecoderLM, NEG_INF, attention_with_dropout, rotate
@@ -198,7 +200,7 @@ def test_prefetcher_builds_each_step_in_order_and_raises_errors_in_the_consumer(
 
 
 @pytest.mark.skipif(sys.platform != 'linux', reason='glibc tunables and /proc are Linux')
-def test_maasjax_train_reexecutes_with_the_hugepage_allocator(tmp_path):
+def test_maasjax_train_reexecutes_with_the_fast_allocator(tmp_path):
   env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', 'MAASJAX_NO_REEXEC')}
   workdir = tmp_path / 'run'
   proc = subprocess.Popen([sys.executable, '-m', 'maasjax.cli', 'train', '--config', 'experiments/digits_cnn.py',
@@ -211,8 +213,40 @@ def test_maasjax_train_reexecutes_with_the_hugepage_allocator(tmp_path):
       assert time.time() < deadline
       time.sleep(0.2)
     with open(f'/proc/{proc.pid}/environ', 'rb') as f:  # same pid: os.execv replaced the process image
-      environ = dict(item.split(b'=', 1) for item in f.read().split(b'\0') if b'=' in item)
-    assert environ.get(b'GLIBC_TUNABLES') == b'glibc.malloc.hugetlb=1'
+      environ = f.read()
+    # glibc splits the variable in place at its ':'s as it parses the tunables
+    assert b'\0GLIBC_TUNABLES=' + FAST_ALLOCATOR_ENV['GLIBC_TUNABLES'].replace(':', '\0').encode() + b'\0' in environ
   finally:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+# A step's scratch buffer: malloc'ed, written, freed, again (on the main thread and on a worker thread, where
+# XLA's runtime allocates); prints the page faults per cycle after the first.
+_FAULTS_PER_STEP = r"""
+import ctypes, json, resource, threading
+libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p; libc.free.argtypes = [ctypes.c_void_p]
+def faults(n=48 << 20, cycles=4):
+  def cycle():
+    p = libc.malloc(n); ctypes.memset(p, 1, n); libc.free(p)
+  cycle()
+  f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  for _ in range(cycles):
+    cycle()
+  return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / cycles
+out = {'main': faults()}
+t = threading.Thread(target=lambda: out.update(thread=faults())); t.start(); t.join()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='glibc tunables are Linux')
+def test_the_cli_allocator_reuses_freed_step_buffers_without_page_faults():
+  def faults(tunables):
+    env = {**os.environ, 'GLIBC_TUNABLES': tunables}
+    return json.loads(subprocess.run([sys.executable, '-c', _FAULTS_PER_STEP], env=env, capture_output=True,
+                                     text=True, check=True).stdout)
+  ours = faults(FAST_ALLOCATOR_ENV['GLIBC_TUNABLES'])
+  assert ours['main'] < 20 and ours['thread'] < 20, ours
+  huge_pages_only = faults('glibc.malloc.hugetlb=1')  # what the CLI set before: each cycle faults again
+  assert huge_pages_only['main'] > 20, huge_pages_only
