@@ -10,7 +10,8 @@ train_steps_per_second, and the log windows of metrics.jsonl after the first (wh
 compilation), summed (total steps / total time): the same figure without the final checkpoint save.
 The loop runs with config.prefetch_batches=2 (batches built on a thread) and 0 (inline: the default on CPU).
 MNIST runs under tfds.testing.mock_data (MNIST's shape and dtype). bare and loop alternate, medians.
-Run it as the CLI runs (the GLIBC_TUNABLES of maasjax/cli.py): it re-executes itself with that set.
+Run it as the CLI runs (the GLIBC_TUNABLES of maasjax/cli.py): it re-executes itself with that set. Each
+config runs in its own process, with its experiment's config.cpu_async_dispatch, as `maasjax train` runs it.
 """
 from __future__ import annotations
 
@@ -75,6 +76,22 @@ def loop_rates(name: str, steps: int, prefetch: int) -> tuple[float, float]:
   return summary['train_steps_per_second'], window_rate
 
 
+def run_each_in_its_own_process(names: list[str], args) -> int:
+  import subprocess
+  results = []
+  for name in names:
+    with tempfile.NamedTemporaryFile(suffix='.json') as out:
+      cmd = [sys.executable, os.path.abspath(__file__), '--configs', name, '--json', out.name]
+      if subprocess.run(cmd + (['--quick'] if args.quick else [])).returncode:
+        raise SystemExit(f'the {name} run failed; its error is above')
+      with open(out.name) as f:
+        results += json.load(f)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(results, f, indent=2)
+  return 0
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--quick', action='store_true', help='2 loop runs per config and setting instead of 3')
@@ -90,11 +107,18 @@ def main(argv=None) -> int:
   sys.path.insert(0, ROOT)
   import absl.logging
   absl.logging.set_verbosity(absl.logging.ERROR)
+  names = args.configs.split(',')
+  if len(names) > 1:  # JAX's CPU dispatch is per process and per experiment: one process per config
+    return run_each_in_its_own_process(names, args)
+  from maasjax import parallel
+  parallel.apply_cpu_dispatch(config_for(names[0], 1))  # before the CPU backend starts, as `maasjax train`
   from maasjax.train.loop import setup
   runs = 2 if args.quick else 3
   results = []
-  print(f'load {os.getloadavg()[0]:.2f}; GLIBC_TUNABLES={os.environ["GLIBC_TUNABLES"]}', flush=True)
-  for name in args.configs.split(','):
+  import jax
+  print(f'load {os.getloadavg()[0]:.2f}; GLIBC_TUNABLES={os.environ["GLIBC_TUNABLES"]}; '
+        f'jax_cpu_enable_async_dispatch={jax.config.values["jax_cpu_enable_async_dispatch"]}', flush=True)
+  for name in names:
     steps = CONFIGS[name]['steps']
     with data_context(name):
       exp = setup(config_for(name, steps))

@@ -161,8 +161,9 @@ def plain_cnn_runner(exp, batches):
   return JaxRunner(dataclasses.replace(exp, model=model, steps=steps), batches)
 
 
-def build(workload: str, num_batches: int = 4):
-  """(unit, items per step, {name: JaxRunner}, torch model factory, torch batches) for one workload."""
+def build(workload: str, dispatch: str = 'experiment', num_batches: int = 4):
+  """(unit, items per step, {name: JaxRunner}, torch model factory, torch batches) for one workload.
+  dispatch: the experiment's config.cpu_async_dispatch (as `maasjax train` runs it), or 'true' / 'false'."""
   import numpy as np
   import torch
   from maasjax import parallel
@@ -171,7 +172,10 @@ def build(workload: str, num_batches: int = 4):
   import torch_models
 
   def experiment(name, overrides, dataset=None, mock=0):
+    if dispatch != 'experiment':
+      overrides = overrides + [('cpu_async_dispatch', dispatch)]
     config = load_config(os.path.join(ROOT, 'experiments', f'{name}.py'), OPTIMIZER_OVERRIDES + overrides)
+    parallel.apply_cpu_dispatch(config)  # before the CPU backend starts, as `maasjax train` does
     if mock:
       import tensorflow_datasets as tfds
       with tfds.testing.mock_data(num_examples=mock):
@@ -229,14 +233,14 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
   return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
-def serve_worker(workload: str, framework: str) -> None:
+def serve_worker(workload: str, framework: str, dispatch: str = 'experiment') -> None:
   """One framework's side of a workload, alone in this process: build it, report the first loss (and for
   maasjax the step's FLOPs), then run the steps the parent asks for and report the seconds they took."""
   import warnings
   warnings.filterwarnings('ignore')
   import absl.logging
   absl.logging.set_verbosity(absl.logging.ERROR)
-  unit, items, jax_runners, torch_model, torch_batches = build(workload)
+  unit, items, jax_runners, torch_model, torch_batches = build(workload, dispatch)
   if framework.startswith('torch'):
     runner = TorchRunner(torch_model(), torch_batches, compiled=(framework == 'torch_compile'))
   else:
@@ -259,10 +263,10 @@ def serve_worker(workload: str, framework: str) -> None:
 class Worker:
   """A worker process (`serve_worker`) the parent drives over its stdin/stdout."""
 
-  def __init__(self, workload: str, framework: str, allocator: str):
+  def __init__(self, workload: str, framework: str, allocator: str, dispatch: str):
     import subprocess
-    self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--worker', f'{workload}:{framework}',
-                                  '--allocator', allocator],
+    self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--worker',
+                                  f'{workload}:{framework}:{dispatch}', '--allocator', allocator],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
   def reply(self) -> dict:
@@ -281,7 +285,8 @@ class Worker:
     self.proc.wait()
 
 
-def bench(workload: str, rounds: int, round_s: float, frameworks: list[str], allocator: str, log) -> dict:
+def bench(workload: str, rounds: int, round_s: float, frameworks: list[str], allocator: str, dispatch: str,
+          log) -> dict:
   """Each framework in its own process, the processes taking turns: one framework's threads never compete
   with the other's (in one process, torch's OpenMP threads and XLA's thread pool slowed each other by up to
   1.9x), while alternating keeps the comparison fair under this VM's drifting speed."""
@@ -289,7 +294,7 @@ def bench(workload: str, rounds: int, round_s: float, frameworks: list[str], all
   names = [fw for fw in frameworks if workload == 'mnist_cnn' or fw != 'maasjax_plain']
   workers, info = {}, {}
   for name in names:  # built one at a time: compilation does not overlap another's timing
-    workers[name] = Worker(workload, name, allocator)
+    workers[name] = Worker(workload, name, allocator, dispatch)
     info[name] = workers[name].reply()
   unit, items = info[names[0]]['unit'], info[names[0]]['items']
   log(f'{workload}: first-step loss ' + ', '.join(f'{k} {v["first_loss"]:.5f}' for k, v in info.items()) +
@@ -322,6 +327,9 @@ def main(argv=None) -> int:
   p.add_argument('--frameworks', default='maasjax,torch,torch_compile,maasjax_plain',
                  help='maasjax_plain: the CNN as written before (plain convs and pooling, default XLA fusions)')
   p.add_argument('--allocator', default='maasjax', choices=list(ALLOCATORS))
+  p.add_argument('--cpu_async_dispatch', default='experiment', choices=['experiment', 'true', 'false'],
+                 help="maasjax's CPU dispatch: each experiment's config.cpu_async_dispatch (as `maasjax train` runs), "
+                      'or forced')
   p.add_argument('--json', action='store_true', help='print one JSON object per workload per line (only those)')
   p.add_argument('--worker', help=argparse.SUPPRESS)  # WORKLOAD:FRAMEWORK, run by bench() in a child process
   args = p.parse_args(argv)
@@ -344,11 +352,12 @@ def main(argv=None) -> int:
   load = os.getloadavg()
   log(f'machine: {platform.machine()}, {os.cpu_count()} cores, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; '
       f'jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads); allocator '
-      f'{args.allocator} {ALLOCATORS[args.allocator]}; XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
+      f'{args.allocator} {ALLOCATORS[args.allocator]}; XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; '
+      f'maasjax cpu_async_dispatch: {args.cpu_async_dispatch}')
   frameworks = args.frameworks.split(',')
   results = []
   for workload in args.workloads.split(','):
-    r = bench(workload, rounds, round_s, frameworks, args.allocator, log)
+    r = bench(workload, rounds, round_s, frameworks, args.allocator, args.cpu_async_dispatch, log)
     results.append(r)
     if args.json:
       print(json.dumps(r), flush=True)

@@ -24,6 +24,7 @@ def get_config():
   c.dataset = ml_collections.ConfigDict({
       'name': 'char_text', 'path': '', 'seq_len': 128, 'validation_fraction': 0.05, 'test_fraction': 0.05})
   c.batch_size = 16
+  c.cpu_async_dispatch = False  # steps of 10+ ms on CPU run faster inline (+12% per step; maasjax/defaults.py)
   c.eval_batch_size = 32
   c.num_train_steps = 1200
   c.optimizer.learning_rate = 2e-3

@@ -17,6 +17,7 @@ def get_config():
       'name': 'cifar10', 'data_dir': '', 'download': False, 'normalize': 'standard', 'validation_fraction': 0.1,
       'split_seed': 0, 'augment': {'random_shift': 4, 'horizontal_flip': True}})
   c.batch_size = 128
+  c.cpu_async_dispatch = False  # steps of 10+ ms on CPU run faster inline (+9% per step; maasjax/defaults.py)
   c.num_train_steps = 10_500  # 30 epochs of 45k images
   c.optimizer.name = 'nesterov'
   c.optimizer.learning_rate = 0.1

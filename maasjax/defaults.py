@@ -16,6 +16,12 @@ def base_config() -> ml_collections.ConfigDict:
   # GPU/TPU, inline on CPU (there the thread competes with XLA's for the cores: digits_cnn's loop ran at 76%
   # of its bare step with it, 87-90% without; benchmarks/loop_vs_step.py).
   c.prefetch_batches = -1
+  # On CPU: run each single-device step on XLA's runtime thread (True, JAX's default) or inline in the calling
+  # thread (False). Inline wins for steps of ~10 ms and more: mnist_cnn +5-18%, char_lm +12%, cifar10_resnet
+  # +9% (a big step's scratch buffer then comes from the main heap, which the CLI's allocator keeps, instead of
+  # being mapped and faulted in every step). It loses for tiny steps: digits_cnn's step -15%, its loop -26%
+  # (dispatch no longer overlaps the step). Set before JAX starts its CPU backend (maasjax.parallel).
+  c.cpu_async_dispatch = True
   # Parallelism (docs/tpu.md, docs/gpu.md): mesh axes 'data', 'fsdp', 'model' (-1 = the rest);
   # sharding.preset replicate | fsdp | tensor | fsdp_tensor; sharding.rules (regex, axes) win over it.
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'model': 1})

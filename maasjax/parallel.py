@@ -21,6 +21,24 @@ from maasjax.config import ConfigError
 BATCH_AXES = ('data', 'fsdp')
 
 
+def apply_cpu_dispatch(config: ml_collections.ConfigDict) -> None:
+  """Sets JAX's CPU dispatch from `config.cpu_async_dispatch` (see maasjax/defaults.py).
+
+  JAX reads it when it starts its CPU backend, so this must run before anything touches a device; when the
+  backend has already started (a notebook that ran JAX before), it says so once and changes nothing.
+  """
+  wanted = bool(config.get('cpu_async_dispatch', True))
+  if jax.config.values['jax_cpu_enable_async_dispatch'] == wanted:
+    return
+  from jax._src import xla_bridge  # no public way to ask whether the backends have started
+  if xla_bridge.backends_are_initialized():
+    print(f'maasjax: config.cpu_async_dispatch={wanted} takes effect in a fresh process only (JAX\'s CPU '
+          f'backend has started); the steps keep jax_cpu_enable_async_dispatch='
+          f'{jax.config.values["jax_cpu_enable_async_dispatch"]}', flush=True)
+    return
+  jax.config.update('jax_cpu_enable_async_dispatch', wanted)
+
+
 def mesh_shape(mesh_config: dict[str, int], num_devices: int) -> dict[str, int]:
   sizes = {str(k): int(v) for k, v in mesh_config.items()}
   if not sizes:

@@ -250,3 +250,25 @@ def test_the_cli_allocator_reuses_freed_step_buffers_without_page_faults():
   assert ours['main'] < 20 and ours['thread'] < 20, ours
   huge_pages_only = faults('glibc.malloc.hugetlb=1')  # what the CLI set before: each cycle faults again
   assert huge_pages_only['main'] > 20, huge_pages_only
+
+
+_DISPATCH = r"""
+import json, jax
+from maasjax import parallel
+from maasjax.config import load_config
+seen = [jax.config.values['jax_cpu_enable_async_dispatch']]
+parallel.apply_cpu_dispatch(load_config('experiments/mnist_cnn.py'))  # sets cpu_async_dispatch = False
+seen.append(jax.config.values['jax_cpu_enable_async_dispatch'])
+jax.devices()  # the CPU backend starts: later changes cannot apply, and apply_cpu_dispatch says so
+parallel.apply_cpu_dispatch(load_config('experiments/digits_cnn.py'))
+seen.append(jax.config.values['jax_cpu_enable_async_dispatch'])
+print(json.dumps(seen))
+"""
+
+
+def test_an_experiments_cpu_dispatch_is_set_before_the_backend_starts():
+  proc = subprocess.run([sys.executable, '-c', _DISPATCH], cwd=ROOT, capture_output=True, text=True, check=True,
+                        env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
+  lines = proc.stdout.strip().splitlines()
+  assert json.loads(lines[-1]) == [True, False, False]
+  assert lines[0].startswith('maasjax: config.cpu_async_dispatch=True takes effect in a fresh process only')

@@ -13,8 +13,10 @@ def train_args(p) -> None:
 
 
 def train(args, overrides) -> None:
+  from maasjax import parallel
   from maasjax.train.loop import train_and_evaluate
   config = load_config(args.config, overrides)
+  parallel.apply_cpu_dispatch(config)
   summary = train_and_evaluate(config, args.workdir)
   keys = [k for k in summary if k.startswith(('test/', 'eval/'))]
   print('summary: ' + ', '.join(f'{k}={summary[k]:.4f}' for k in keys) +
@@ -31,7 +33,9 @@ def eval_args(p) -> None:
 
 
 def evaluate(args, overrides) -> None:
+  from maasjax import parallel
   from maasjax.train.loop import evaluate as evaluate_workdir
   config = load_workdir_config(args.workdir, args.config, overrides)
+  parallel.apply_cpu_dispatch(config)
   metrics = evaluate_workdir(config, args.workdir, args.split)
   print(json.dumps(metrics, indent=2))
