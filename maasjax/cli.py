@@ -122,8 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = COMMANDS[args.command]
     if overrides and not cmd.takes_overrides:
       raise ConfigError(f'maasjax {args.command} takes no --config.* overrides')
-    getattr(importlib.import_module(cmd.module), cmd.run)(args, overrides)
-    return 0
+    status = getattr(importlib.import_module(cmd.module), cmd.run)(args, overrides)
+    return status if isinstance(status, int) else 0  # a command may return its exit status (sweep: 1 if a trial failed)
   except ConfigError as e:
     print(f'maasjax: error: {e}', file=sys.stderr)
     return 2

@@ -42,7 +42,7 @@ def test_ray_engine_gives_the_local_engines_rows_and_skips_finished_trials_on_re
            for args in ([str(local_sweep), '--workdir', str(local)],
                         [str(ray_sweep), '--workdir', str(on_ray), '--engine', 'ray'])]
   outs = [p.communicate(timeout=300)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+  assert [p.returncode for p in procs] == [0, 1], outs[0][-2000:] + outs[1][-2000:]  # 1: Ray's refused trial
   assert 'Ray Tune trial' in outs[1] and (on_ray / '.ray').is_dir()  # the trials really ran as Tune trials
   assert 'Ray Tune trial' not in outs[0] and not (local / '.ray').exists()
   assert 'sweep: started model.features=0 (Ray Tune trial' in outs[1]

@@ -21,7 +21,8 @@ def sweep_args(p) -> None:
                                        'without it a local Ray instance with --parallel CPUs')
 
 
-def sweep(args, overrides) -> None:
+def sweep(args, overrides) -> int:
+  """Runs the trials; exit status 1 when any failed (after listing them and tabulating the rest), else 0."""
   from maasjax.config import ConfigError
   from maasjax.sweep import results, runner
   if args.parallel < 1:
@@ -51,6 +52,7 @@ def sweep(args, overrides) -> None:
   if len(outcome['failed']) < len(trials):
     paths = results.write(args.workdir)
     print('sweep: wrote ' + ', '.join(paths.values()), flush=True)
+  return 1 if outcome['failed'] else 0
 
 
 def results_args(p) -> None:
