@@ -19,7 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
   # On CPU: run each single-device step on XLA's runtime thread (True, JAX's default) or inline in the calling
   # thread (False). Inline wins for steps of ~10 ms and more: mnist_cnn +5-18%, char_lm +12%, cifar10_resnet
   # +9% (a big step's scratch buffer then comes from the main heap, which the CLI's allocator keeps, instead of
-  # being mapped and faulted in every step). It loses for tiny steps: digits_cnn's step -15%, its loop -26%
+  # being mapped and faulted in every step). It loses for tiny steps: digits_cnn's step -15%, its loop -35%
   # (dispatch no longer overlaps the step). Set before JAX starts its CPU backend (maasjax.parallel).
   c.cpu_async_dispatch = True
   # Parallelism (docs/tpu.md, docs/gpu.md): mesh axes 'data', 'fsdp', 'model' (-1 = the rest);
