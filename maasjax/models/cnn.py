@@ -47,8 +47,8 @@ class TrainConv(nn.Conv):
   """nn.Conv's parameters (same names, shapes and init) for a stride-1 'SAME' conv in training, computed
   the way XLA:CPU differentiates fast: a 1-channel input as `shifted_slice_conv` (bias inside its matmul,
   `ops.training_dot_general`), others with the bias added by `ops.add_bias` (its gradient a matrix-vector
-  product). In the MNIST CNN's step, interleaved A/B: the bias forms +2-5%, the training matmul +20%. Checkpoints and sharding rules see an ordinary
-  Conv; inference (and so every export) uses nn.Conv itself."""
+  product). In the MNIST CNN's step, interleaved A/B: the bias forms +2-5%, the training matmul +20%.
+  Checkpoints and sharding rules see an ordinary Conv; inference (and so every export) uses nn.Conv itself."""
 
   @nn.compact
   def __call__(self, x_BxHxWxC):
